@@ -1,0 +1,309 @@
+//! `relay.toml` → [`Config`]: defaults for every key, environment overrides
+//! for containers, and validation errors that name the offending key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable that overrides `listen` (host:port).
+pub const ENV_LISTEN: &str = "NOSTR_RELAYD_LISTEN";
+/// Environment variable that overrides `database` (a file path).
+pub const ENV_DB: &str = "NOSTR_RELAYD_DB";
+
+/// Everything the relay can be told. Each field's default is the value
+/// written in the shipped `relay.toml`; a test keeps the two in step.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// SQLite database file; its directory is created on first start.
+    pub database: PathBuf,
+    pub info: Info,
+    pub limits: Limits,
+    pub network: Network,
+    pub storage: Storage,
+}
+
+/// The NIP-11 relay information document. Empty strings mean "not set" and
+/// are left out of the document.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Info {
+    pub name: String,
+    pub description: String,
+    /// Administrator's pubkey (64 hex characters).
+    pub pubkey: String,
+    pub contact: String,
+    pub icon: String,
+    pub banner: String,
+    /// The relay's own pubkey (NIP-11 `self`).
+    #[serde(rename = "self")]
+    pub self_pubkey: String,
+    pub terms_of_service: String,
+    pub posting_policy: String,
+}
+
+/// Limits on what clients may send; each one advertised in NIP-11 where the
+/// NIP has a field for it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_message_length: usize,
+    pub max_subscriptions: usize,
+    pub max_filters: usize,
+    pub max_limit: u64,
+    pub default_limit: u64,
+    pub max_subid_length: usize,
+    pub max_event_tags: usize,
+    pub max_content_length: usize,
+    /// Seconds into the past an event's created_at may lie; 0 means no limit.
+    pub created_at_lower_limit: u64,
+    /// Seconds into the future an event's created_at may lie; 0 means no limit.
+    pub created_at_upper_limit: u64,
+}
+
+/// Connection handling.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    pub max_connections: usize,
+    pub ping_interval_seconds: u64,
+    pub send_queue_events: usize,
+    pub max_events_in_flight: usize,
+}
+
+/// SQLite storage.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// "normal": a commit survives a crash of the relay process.
+    /// "full": fsync at every group commit; it also survives power loss.
+    pub durability: Durability,
+    pub reader_threads: usize,
+    pub verify_threads: usize,
+    pub query_timeout_ms: u64,
+    pub max_write_batch: usize,
+    pub expiration_sweep_seconds: u64,
+}
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Normal,
+    Full,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7777".into(),
+            database: PathBuf::from("./data/nostr-relayd.sqlite"),
+            info: Info {
+                name: "nostr-relayd".into(),
+                description: "A Nostr relay.".into(),
+                ..Info::default()
+            },
+            limits: Limits::default(),
+            network: Network::default(),
+            storage: Storage::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_length: 262_144,
+            max_subscriptions: 32,
+            max_filters: 16,
+            max_limit: 1000,
+            default_limit: 500,
+            max_subid_length: 64,
+            max_event_tags: 2500,
+            max_content_length: 102_400,
+            created_at_lower_limit: 0,
+            created_at_upper_limit: 900,
+        }
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            max_connections: 10_000,
+            ping_interval_seconds: 30,
+            send_queue_events: 2048,
+            max_events_in_flight: 64,
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            durability: Durability::Normal,
+            reader_threads: 6,
+            verify_threads: 0,
+            query_timeout_ms: 5000,
+            max_write_batch: 1024,
+            expiration_sweep_seconds: 60,
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path` and applies the environment overrides. A missing file is
+    /// an error: a typo in `--config` must not silently start with defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let mut config = Config::from_toml(&text)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; keys left out keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Applies `NOSTR_RELAYD_LISTEN` and `NOSTR_RELAYD_DB`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(listen) = var(ENV_LISTEN).filter(|v| !v.is_empty()) {
+            self.listen = listen;
+        }
+        if let Some(db) = var(ENV_DB).filter(|v| !v.is_empty()) {
+            self.database = PathBuf::from(db);
+        }
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            ConfigError(format!("listen: {:?} is not an address:port ({e})", self.listen))
+        })
+    }
+
+    /// Checks the values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let hex_or_empty = |v: &str| v.is_empty() || crate::nostr::hex::is_hex32(v);
+        if !hex_or_empty(&self.info.pubkey) {
+            return fail("info.pubkey", "must be 64 lowercase hex characters or empty");
+        }
+        if !hex_or_empty(&self.info.self_pubkey) {
+            return fail("info.self", "must be 64 lowercase hex characters or empty");
+        }
+        let l = &self.limits;
+        if l.max_message_length < 1024 {
+            return fail("limits.max_message_length", "must be at least 1024");
+        }
+        if l.max_subscriptions == 0 {
+            return fail("limits.max_subscriptions", "must be at least 1");
+        }
+        if l.max_filters == 0 {
+            return fail("limits.max_filters", "must be at least 1");
+        }
+        if l.default_limit > l.max_limit {
+            return fail("limits.default_limit", "must not exceed limits.max_limit");
+        }
+        if l.max_subid_length == 0 {
+            return fail("limits.max_subid_length", "must be at least 1");
+        }
+        let n = &self.network;
+        if n.max_connections == 0 {
+            return fail("network.max_connections", "must be at least 1");
+        }
+        if n.send_queue_events == 0 {
+            return fail("network.send_queue_events", "must be at least 1");
+        }
+        if n.max_events_in_flight == 0 {
+            return fail("network.max_events_in_flight", "must be at least 1");
+        }
+        let s = &self.storage;
+        if s.reader_threads == 0 {
+            return fail("storage.reader_threads", "must be at least 1");
+        }
+        if s.max_write_batch == 0 {
+            return fail("storage.max_write_batch", "must be at least 1");
+        }
+        if s.query_timeout_ms == 0 {
+            return fail("storage.query_timeout_ms", "must be at least 1");
+        }
+        if s.expiration_sweep_seconds == 0 {
+            return fail("storage.expiration_sweep_seconds", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Signature-checking threads: the configured number, or one per core.
+    pub fn verify_threads(&self) -> usize {
+        match self.storage.verify_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_relay_toml_equals_the_defaults() {
+        let text = include_str!("../relay.toml");
+        let parsed = Config::from_toml(text).expect("relay.toml parses");
+        assert_eq!(parsed, Config::default());
+        // Every key is active: nothing is commented out.
+        for line in text.lines() {
+            if let Some(comment) = line.trim_start().strip_prefix('#') {
+                let commented_key = comment
+                    .trim()
+                    .split_once(" = ")
+                    .is_some_and(|(key, _)| !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+                assert!(!commented_key, "commented-out key in relay.toml: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let mut config = Config::default();
+        config.apply_env(|name| match name {
+            ENV_LISTEN => Some("0.0.0.0:8080".into()),
+            ENV_DB => Some("/data/x.sqlite".into()),
+            _ => None,
+        });
+        assert_eq!(config.listen, "0.0.0.0:8080");
+        assert_eq!(config.database, PathBuf::from("/data/x.sqlite"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_toml("[limits]\nmax_limitt = 5\n").unwrap_err();
+        assert!(err.0.contains("max_limitt"), "{err}");
+        let mut config = Config::default();
+        config.limits.default_limit = config.limits.max_limit + 1;
+        assert!(config.validate().unwrap_err().0.contains("limits.default_limit"));
+        let config = Config { listen: "nope".into(), ..Config::default() };
+        assert!(config.validate().unwrap_err().0.contains("listen"));
+    }
+}

@@ -1,0 +1,20 @@
+//! nostr-relayd: a Nostr relay daemon.
+//!
+//! The crate is layered so that each NIP's rules live in one place:
+//! [`nostr`] is the protocol as data (no I/O), [`store`] is SQLite (no
+//! sockets), [`fanout`] matches live events to subscriptions, [`ingest`]
+//! and [`policy`] decide what is written, and [`server`] wires them to the
+//! network. `ARCHITECTURE.md` follows one message through all of them.
+
+pub mod config;
+pub mod fanout;
+pub mod ingest;
+pub mod nostr;
+pub mod policy;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod worker_pool;
+
+pub use config::Config;
+pub use server::{RunningRelay, start};

@@ -1,0 +1,358 @@
+//! One WebSocket client: reads its messages, answers them, and forwards the
+//! live events its subscriptions match.
+//!
+//! A REQ is answered without ever missing or repeating an event across EOSE:
+//! the subscription is registered in the fan-out first (live events that
+//! arrive meanwhile are buffered), then the store is queried; the query
+//! reports the newest commit it could see (its snapshot), so after EOSE the
+//! buffered and later live events are sent only if committed after it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::Shared;
+use crate::fanout::{Delivery, Mailbox, Overflow, SubscriptionKey};
+use crate::nostr::message::{self, quote};
+use crate::nostr::{ClientMessage, Filter};
+use crate::shutdown::Shutdown;
+use crate::store::{QueryResult, StoreError};
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Sink = SplitSink<Socket, Message>;
+
+/// Work finished elsewhere that this connection must answer.
+enum Reply {
+    /// A ready frame (an `OK`).
+    Frame(String),
+    /// A REQ's stored events are ready.
+    Stored { sub_id: String, generation: u64, result: Result<QueryResult, StoreError> },
+}
+
+/// Where a subscription stands relative to its EOSE.
+enum Phase {
+    /// The store is being queried; live events wait here.
+    Loading { buffer: Vec<Delivery> },
+    /// EOSE sent; live events committed after `snapshot` are forwarded.
+    Live { snapshot: u64 },
+}
+
+struct Subscription {
+    key: SubscriptionKey,
+    /// The id as a JSON string literal, quoted once.
+    quoted_id: String,
+    /// Distinguishes this REQ from an earlier one with the same id.
+    generation: u64,
+    phase: Phase,
+}
+
+/// Why the loop ended and how to close the socket.
+enum Exit {
+    Quietly,
+    Close(CloseCode, &'static str),
+}
+
+/// The state of one client connection.
+struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    sink: Sink,
+    subscriptions: HashMap<String, Subscription>,
+    names: HashMap<SubscriptionKey, String>,
+    mailbox: Mailbox,
+    overflow: Arc<Overflow>,
+    replies: mpsc::Sender<Reply>,
+    events_in_flight: Arc<Semaphore>,
+    next_generation: u64,
+    done: mpsc::Sender<()>,
+}
+
+/// Serves one upgraded WebSocket until either side closes it or the relay
+/// shuts down.
+pub async fn serve(socket: Socket, shared: Arc<Shared>, peer: SocketAddr, mut shutdown: Shutdown, done: mpsc::Sender<()>) {
+    let (sink, mut stream) = socket.split();
+    let network = &shared.config.network;
+    let (mailbox, mut deliveries, overflow) = Mailbox::new(network.send_queue_events);
+    let (replies, mut reply_queue) = mpsc::channel(network.max_events_in_flight + shared.config.limits.max_subscriptions);
+    let ping_period = Duration::from_secs(network.ping_interval_seconds.max(1));
+    let mut session = Session {
+        events_in_flight: Arc::new(Semaphore::new(network.max_events_in_flight)),
+        shared,
+        peer,
+        sink,
+        subscriptions: HashMap::new(),
+        names: HashMap::new(),
+        mailbox,
+        overflow,
+        replies,
+        next_generation: 0,
+        done,
+    };
+    tracing::debug!(%peer, "websocket connected");
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_period, ping_period);
+    let mut awaiting_pong = false;
+    let exit = loop {
+        let step = tokio::select! {
+            _ = shutdown.recv() => Err(Exit::Close(CloseCode::Away, "relay shutting down")),
+            _ = session.overflow.notify.notified() => session.on_overflow().await,
+            Some(reply) = reply_queue.recv() => session.on_reply(reply).await,
+            Some(delivery) = deliveries.recv() => session.on_delivery(delivery).await,
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    Err(Exit::Close(CloseCode::Policy, "no pong received"))
+                } else {
+                    awaiting_pong = true;
+                    session.send(Message::Ping(Default::default())).await
+                }
+            }
+            frame = stream.next() => {
+                if matches!(frame, Some(Ok(Message::Pong(_)))) {
+                    awaiting_pong = false;
+                }
+                session.on_frame(frame).await
+            }
+        };
+        if let Err(exit) = step {
+            break exit;
+        }
+    };
+    if let Exit::Close(code, reason) = exit {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = session.sink.send(Message::Close(Some(frame))).await;
+    }
+    let _ = session.sink.close().await;
+    session.unsubscribe_all();
+    tracing::debug!(%peer, "websocket closed");
+}
+
+impl Session {
+    async fn send(&mut self, message: Message) -> Result<(), Exit> {
+        self.sink.send(message).await.map_err(|_| Exit::Quietly)
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), Exit> {
+        self.send(Message::text(text)).await
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+        match frame {
+            None => Err(Exit::Quietly),
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                let notice = message::notice("invalid: binary messages are not supported; send JSON text");
+                self.send_text(notice).await
+            }
+            // tungstenite answers pings itself; pongs are handled by the caller.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Close(_))) => {
+                // Flush the close reply tungstenite queued.
+                let _ = self.sink.flush().await;
+                Err(Exit::Quietly)
+            }
+            Some(Err(WsError::Utf8(_))) => Err(Exit::Close(CloseCode::Invalid, "invalid UTF-8 in a text frame")),
+            Some(Err(WsError::Capacity(_))) => Err(Exit::Close(CloseCode::Size, "message too big")),
+            Some(Err(error)) => {
+                tracing::debug!(peer = %self.peer, %error, "websocket read error");
+                Err(Exit::Close(CloseCode::Protocol, "protocol error"))
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
+        match ClientMessage::parse(text) {
+            Ok(ClientMessage::Event(event)) => self.on_event(*event).await,
+            Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
+            Ok(ClientMessage::Close { sub_id }) => {
+                self.close_subscription(&sub_id);
+                Ok(())
+            }
+            Err(rejection) => self.send_text(rejection.to_frame()).await,
+        }
+    }
+
+    /// Runs the EVENT pipeline on its own task so that a slow commit does not
+    /// stop this connection from reading; at most `max_events_in_flight` at once.
+    async fn on_event(&mut self, event: crate::nostr::Event) -> Result<(), Exit> {
+        let Ok(permit) = self.events_in_flight.clone().acquire_owned().await else {
+            return Err(Exit::Quietly);
+        };
+        let shared = self.shared.clone();
+        let replies = self.replies.clone();
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let id = event.id_hex();
+            let verdict = shared.ingester.ingest(event).await;
+            drop(permit);
+            let _ = replies.send(Reply::Frame(message::ok(&id, verdict.accepted, &verdict.reason))).await;
+            drop(done);
+        });
+        Ok(())
+    }
+
+    async fn on_req(&mut self, sub_id: String, filters: Vec<Filter>) -> Result<(), Exit> {
+        let limits = &self.shared.config.limits;
+        let refusal = if sub_id.is_empty() {
+            Some("invalid: subscription id must not be empty".to_owned())
+        } else if sub_id.chars().count() > limits.max_subid_length {
+            Some(format!("invalid: subscription id is longer than {} characters", limits.max_subid_length))
+        } else if filters.len() > limits.max_filters {
+            Some(format!("blocked: too many filters in one REQ (max {})", limits.max_filters))
+        } else if !self.subscriptions.contains_key(&sub_id) && self.subscriptions.len() >= limits.max_subscriptions {
+            Some(format!("blocked: too many subscriptions (max {})", limits.max_subscriptions))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.send_text(message::closed(&sub_id, &reason)).await;
+        }
+        // A REQ with an id already open replaces that subscription.
+        self.close_subscription(&sub_id);
+        let filters: Arc<[Filter]> = filters.into();
+        let key = self.shared.fanout.subscribe(self.mailbox.clone(), filters.clone());
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let query_limits = self.shared.query_limits;
+        let needs_query = filters
+            .iter()
+            .any(|f| query_limits.effective(f) > 0 && !f.is_unsatisfiable());
+        let quoted_id = quote(&sub_id);
+        self.names.insert(key, sub_id.clone());
+        if !needs_query {
+            let eose = message::eose(&quoted_id);
+            self.subscriptions.insert(
+                sub_id,
+                Subscription { key, quoted_id, generation, phase: Phase::Live { snapshot: 0 } },
+            );
+            return self.send_text(eose).await;
+        }
+        self.subscriptions.insert(
+            sub_id.clone(),
+            Subscription { key, quoted_id, generation, phase: Phase::Loading { buffer: Vec::new() } },
+        );
+        let store = self.shared.store.clone();
+        let replies = self.replies.clone();
+        tokio::spawn(async move {
+            let result = store.query(filters, query_limits).await;
+            let _ = replies.send(Reply::Stored { sub_id, generation, result }).await;
+        });
+        Ok(())
+    }
+
+    async fn on_reply(&mut self, reply: Reply) -> Result<(), Exit> {
+        match reply {
+            Reply::Frame(frame) => self.send_text(frame).await,
+            Reply::Stored { sub_id, generation, result } => self.on_stored(sub_id, generation, result).await,
+        }
+    }
+
+    /// Sends a REQ's stored events, EOSE, then what arrived live meanwhile.
+    async fn on_stored(&mut self, sub_id: String, generation: u64, result: Result<QueryResult, StoreError>) -> Result<(), Exit> {
+        let Some(subscription) = self.subscriptions.get_mut(&sub_id).filter(|s| s.generation == generation) else {
+            return Ok(()); // closed or replaced meanwhile
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(peer = %self.peer, %error, "query failed");
+                self.close_subscription(&sub_id);
+                return self.send_text(message::closed(&sub_id, &format!("error: {error}"))).await;
+            }
+        };
+        let snapshot = result.snapshot;
+        let buffered = match std::mem::replace(&mut subscription.phase, Phase::Live { snapshot }) {
+            Phase::Loading { buffer } => buffer,
+            Phase::Live { .. } => Vec::new(),
+        };
+        let quoted_id = subscription.quoted_id.clone();
+        for json in &result.events {
+            self.feed(message::event_frame(&quoted_id, json)).await?;
+        }
+        self.feed(message::eose(&quoted_id)).await?;
+        for delivery in buffered.iter().filter(|d| is_after(d, snapshot)) {
+            self.feed(message::event_frame(&quoted_id, &delivery.event.json)).await?;
+        }
+        self.sink.flush().await.map_err(|_| Exit::Quietly)
+    }
+
+    async fn feed(&mut self, text: String) -> Result<(), Exit> {
+        self.sink.feed(Message::text(text)).await.map_err(|_| Exit::Quietly)
+    }
+
+    async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), Exit> {
+        let Some(name) = self.names.get(&delivery.key) else {
+            return Ok(()); // closed since the event was published
+        };
+        let Some(subscription) = self.subscriptions.get_mut(name) else {
+            return Ok(());
+        };
+        match &mut subscription.phase {
+            Phase::Loading { buffer } => {
+                if buffer.len() >= self.shared.config.network.send_queue_events {
+                    let name = name.clone();
+                    self.close_subscription(&name);
+                    let reason = "error: too many live events arrived while loading stored ones; subscribe again";
+                    return self.send_text(message::closed(&name, reason)).await;
+                }
+                buffer.push(delivery);
+                Ok(())
+            }
+            Phase::Live { snapshot } => {
+                if !is_after(&delivery, *snapshot) {
+                    return Ok(());
+                }
+                let frame = message::event_frame(&subscription.quoted_id, &delivery.event.json);
+                self.send_text(frame).await
+            }
+        }
+    }
+
+    /// A live queue overflowed: this client reads slower than events arrive.
+    async fn on_overflow(&mut self) -> Result<(), Exit> {
+        if !self.overflow.happened.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tracing::info!(peer = %self.peer, "dropping a connection too slow to keep up with its live events");
+        let notice = message::notice("error: this connection is too slow to keep up with its subscriptions; closing");
+        let _ = self.send_text(notice).await;
+        Err(Exit::Close(CloseCode::Policy, "too slow"))
+    }
+
+    fn close_subscription(&mut self, sub_id: &str) {
+        if let Some(subscription) = self.subscriptions.remove(sub_id) {
+            self.shared.fanout.unsubscribe(subscription.key);
+            self.names.remove(&subscription.key);
+        }
+    }
+
+    fn unsubscribe_all(&mut self) {
+        for (_, subscription) in self.subscriptions.drain() {
+            self.shared.fanout.unsubscribe(subscription.key);
+        }
+        self.names.clear();
+    }
+}
+
+/// Whether a live event was committed after the snapshot a query saw.
+/// Ephemeral events have no sequence number and are always new.
+fn is_after(delivery: &Delivery, snapshot: u64) -> bool {
+    delivery.seq.is_none_or(|seq| seq > snapshot)
+}
+
+impl Drop for Session {
+    /// Also runs if a bug panics this task: no subscription outlives it.
+    fn drop(&mut self) {
+        self.unsubscribe_all();
+    }
+}

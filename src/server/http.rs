@@ -1,0 +1,142 @@
+//! HTTP on the relay's port: the WebSocket upgrade on `/`, the NIP-11
+//! document for `Accept: application/nostr+json`, a home page for browsers,
+//! CORS preflight, and 404 everywhere else.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::{Shared, connection, info};
+use crate::shutdown::Shutdown;
+
+type Body = Full<Bytes>;
+
+/// Answers one HTTP request. `slot` is the connection's place under
+/// `max_connections`; without one every request gets 503.
+pub async fn handle(
+    request: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    slot: Option<Arc<OwnedSemaphorePermit>>,
+    shutdown: Shutdown,
+    done: mpsc::Sender<()>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(slot) = slot else {
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later\n"));
+    };
+    if request.uri().path() != "/" {
+        return Ok(plain(StatusCode::NOT_FOUND, "not found\n"));
+    }
+    if request.method() == Method::OPTIONS {
+        return Ok(with_cors(Response::builder().status(StatusCode::NO_CONTENT))
+            .body(Body::default())
+            .unwrap_or_default());
+    }
+    if is_websocket_upgrade(&request) {
+        return Ok(upgrade(request, shared, peer, slot, shutdown, done));
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+    }
+    let wants_nip11 = request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("application/nostr+json"));
+    if wants_nip11 {
+        let response = with_cors(Response::builder())
+            .header(header::CONTENT_TYPE, "application/nostr+json")
+            .body(Body::new(shared.relay_info.clone()))
+            .unwrap_or_default();
+        return Ok(response);
+    }
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let page = info::home_page(&shared.config, host);
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Body::new(Bytes::from(page)))
+        .unwrap_or_default())
+}
+
+fn is_websocket_upgrade(request: &Request<Incoming>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    request.method() == Method::GET && has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+fn upgrade(
+    mut request: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    slot: Arc<OwnedSemaphorePermit>,
+    shutdown: Shutdown,
+    done: mpsc::Sender<()>,
+) -> Response<Body> {
+    let version_ok = request.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) == Some(b"13");
+    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
+        return Response::builder()
+            .status(StatusCode::UPGRADE_REQUIRED)
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .body(Body::from("WebSocket version 13 with a Sec-WebSocket-Key is required\n"))
+            .unwrap_or_default();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _done = done.clone();
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(shared.websocket),
+                )
+                .await;
+                connection::serve(socket, shared, peer, shutdown, done).await;
+            }
+            Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::default())
+        .unwrap_or_default()
+}
+
+fn with_cors(builder: hyper::http::response::Builder) -> hyper::http::response::Builder {
+    builder
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "*")
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(text))
+        .unwrap_or_default()
+}

@@ -1,0 +1,73 @@
+//! NIP-11 relay information document and the human-readable home page.
+
+use serde_json::{Map, Value, json};
+
+use crate::config::Config;
+
+/// NIPs this build implements.
+pub const SUPPORTED_NIPS: &[u16] = &[1, 9, 11, 40];
+
+/// The NIP-11 document. Every limit the relay enforces appears under
+/// `limitation` where NIP-11 has a field for it.
+pub fn relay_info(config: &Config) -> Value {
+    let mut doc = Map::new();
+    let info = &config.info;
+    let optional = [
+        ("name", &info.name),
+        ("description", &info.description),
+        ("pubkey", &info.pubkey),
+        ("self", &info.self_pubkey),
+        ("contact", &info.contact),
+        ("icon", &info.icon),
+        ("banner", &info.banner),
+        ("terms_of_service", &info.terms_of_service),
+        ("posting_policy", &info.posting_policy),
+    ];
+    for (key, value) in optional {
+        if !value.is_empty() {
+            doc.insert(key.into(), Value::String(value.clone()));
+        }
+    }
+    doc.insert("software".into(), json!(env!("CARGO_PKG_REPOSITORY")));
+    doc.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    doc.insert("supported_nips".into(), json!(SUPPORTED_NIPS));
+    let l = &config.limits;
+    let mut limitation = json!({
+        "max_message_length": l.max_message_length,
+        "max_subscriptions": l.max_subscriptions,
+        "max_limit": l.max_limit,
+        "default_limit": l.default_limit,
+        "max_subid_length": l.max_subid_length,
+        "max_event_tags": l.max_event_tags,
+        "max_content_length": l.max_content_length,
+        "min_pow_difficulty": 0,
+        "auth_required": false,
+        "payment_required": false,
+        "restricted_writes": false,
+    });
+    if l.created_at_lower_limit > 0 {
+        limitation["created_at_lower_limit"] = json!(l.created_at_lower_limit);
+    }
+    if l.created_at_upper_limit > 0 {
+        limitation["created_at_upper_limit"] = json!(l.created_at_upper_limit);
+    }
+    doc.insert("limitation".into(), limitation);
+    Value::Object(doc)
+}
+
+/// A short page for people who open the relay's address in a browser.
+pub fn home_page(config: &Config, host: Option<&str>) -> String {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let address = host.map_or_else(|| "this address".to_owned(), |h| format!("wss://{}/", escape(h)));
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name}</title></head>\n<body>\n<h1>{name}</h1>\n<p>{description}</p>\n<p>This is a <a href=\"https://github.com/nostr-protocol/nips\">Nostr</a> relay. Add <code>{address}</code> to your Nostr client's relay list to use it.</p>\n<p>Relay information (NIP-11): request this page with <code>Accept: application/nostr+json</code>.</p>\n<p>Running nostr-relayd {version}.</p>\n</body></html>\n",
+        name = escape(&config.info.name),
+        description = escape(&config.info.description),
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}

@@ -1,0 +1,67 @@
+//! Accepting TCP connections: the global connection cap, and backing off
+//! (never spinning) when `accept` fails, for example on EMFILE.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::Shared;
+use super::http;
+use crate::shutdown::Shutdown;
+
+/// How long a client may take to send its HTTP request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts until shutdown. Each connection gets a task holding `done`.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown, done: mpsc::Sender<()>) {
+    let slots = Arc::new(Semaphore::new(shared.config.network.max_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.recv() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(error) => {
+                // EMFILE/ENFILE/ENOMEM and friends: wait for descriptors to free up.
+                tracing::warn!(%error, ?backoff, "accept failed; backing off");
+                tokio::select! {
+                    _ = shutdown.recv() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = slots.clone().try_acquire_owned().ok().map(Arc::new);
+        if slot.is_none() {
+            tracing::debug!(%peer, "max_connections reached; answering 503");
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                http::handle(request, shared.clone(), peer, slot.clone(), shutdown.clone(), done.clone())
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "http connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,177 @@
+//! The network edge: the listener, HTTP (NIP-11, the home page, the
+//! WebSocket upgrade) and one task per WebSocket connection. This is where
+//! the protocol, the store and the fan-out are wired together.
+
+mod connection;
+mod http;
+pub mod info;
+mod listener;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::ingest::Ingester;
+use crate::policy::WritePolicy;
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::store::{QueryLimits, Store, StoreOptions};
+use crate::worker_pool::WorkerPool;
+
+/// State every connection shares.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub fanout: Arc<Fanout>,
+    pub ingester: Ingester,
+    pub query_limits: QueryLimits,
+    /// The NIP-11 document, serialized once.
+    pub relay_info: Bytes,
+    pub websocket: WebSocketConfig,
+}
+
+/// A relay that is running; drop it or call [`RunningRelay::shutdown`].
+pub struct RunningRelay {
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    trigger: ShutdownTrigger,
+    task: JoinHandle<()>,
+}
+
+/// Why the relay could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl RunningRelay {
+    /// Stops accepting, closes every connection, lets the writer finish
+    /// what it was given, and waits for all of it.
+    pub async fn shutdown(self) {
+        self.trigger.trigger();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the relay stops by itself (it does not, unless shut down).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the store, binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
+    let fanout = Arc::new(Fanout::new());
+    let options = StoreOptions {
+        durability: config.storage.durability,
+        reader_threads: config.storage.reader_threads,
+        max_write_batch: config.storage.max_write_batch,
+        query_timeout: Duration::from_millis(config.storage.query_timeout_ms),
+    };
+    let committed_to = fanout.clone();
+    let store = Store::open(
+        &config.database,
+        &options,
+        Box::new(move |committed| {
+            for c in committed {
+                committed_to.publish(&c.event, Some(c.seq));
+            }
+        }),
+    )
+    .map_err(|e| StartError(format!("cannot open database {}: {e}", config.database.display())))?;
+    let store = Arc::new(store);
+    let addr = config.listen_addr().map_err(|e| StartError(e.to_string()))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+    let local_addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+    let verifier = WorkerPool::start("verify", vec![(); config.verify_threads()])
+        .map_err(|e| StartError(e.to_string()))?;
+    let max_message = config.limits.max_message_length;
+    let shared = Arc::new(Shared {
+        ingester: Ingester {
+            store: store.clone(),
+            fanout: fanout.clone(),
+            verifier,
+            policy: WritePolicy::new(&config.limits),
+        },
+        query_limits: QueryLimits {
+            default_limit: config.limits.default_limit,
+            max_limit: config.limits.max_limit,
+        },
+        relay_info: Bytes::from(info::relay_info(&config).to_string()),
+        websocket: WebSocketConfig::default()
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message))
+            .read_buffer_size(4096)
+            .write_buffer_size(8192)
+            .max_write_buffer_size(max_message.saturating_mul(4).max(1 << 20)),
+        config,
+        store,
+        fanout,
+    });
+    let (trigger, shutdown) = shutdown::channel();
+    tracing::info!(%local_addr, database = %shared.config.database.display(), "relay listening");
+    let task = tokio::spawn(run(listener, shared, shutdown));
+    Ok(RunningRelay { local_addr, trigger, task })
+}
+
+/// Serves until shutdown, then drains in order: connections, writer.
+async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
+    // Every connection and in-flight EVENT holds a clone of `done`; when the
+    // last one is dropped, `all_done` yields None.
+    let (done, mut all_done) = mpsc::channel::<()>(1);
+    let sweeper = tokio::spawn(sweep_expired(shared.clone(), shutdown.clone()));
+    listener::accept_loop(listener, shared.clone(), shutdown, done).await;
+    if tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await.is_err() {
+        tracing::warn!("connections still open 10 s after shutdown; stopping anyway");
+    }
+    sweeper.abort();
+    let store = shared.store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    tracing::info!("relay stopped");
+}
+
+/// NIP-40: deletes expired events periodically, in small batches so that
+/// writers are never blocked for long.
+async fn sweep_expired(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    const BATCH: usize = 500;
+    let period = Duration::from_secs(shared.config.storage.expiration_sweep_seconds);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = ticker.tick() => {}
+        }
+        let mut removed = 0;
+        loop {
+            match shared.store.purge_expired(BATCH).await {
+                Ok(n) => {
+                    removed += n;
+                    if n < BATCH {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "expiration sweep failed");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "purged expired events");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Event storage in SQLite: one writer thread with group commit, a pool of
+//! reader connections, numbered migrations.
+//!
+//! The store knows nothing of sockets: it takes events and filters, and
+//! gives back outcomes and stored JSON. See `ARCHITECTURE.md` for the schema.
+
+pub mod query;
+pub mod schema;
+mod sql;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::config::Durability;
+use crate::nostr::{CanonicalEvent, Filter};
+use crate::worker_pool::WorkerPool;
+pub use query::{QueryLimits, QueryResult};
+pub use writer::{CommitHook, Committed};
+use writer::WriteJob;
+
+/// What became of an event handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed with this sequence number.
+    Stored { seq: u64 },
+    /// An event with this id is already stored.
+    Duplicate,
+    /// A NIP-09 deletion by an entitled pubkey forbids it.
+    Deleted,
+    /// A newer version of this replaceable/addressable event is stored.
+    Superseded,
+}
+
+/// What a cheap look-up says about an event before its signature is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    New,
+    Duplicate,
+    Deleted,
+}
+
+/// A storage failure, as it is reported to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The disk (or the database's size cap) is full.
+    Full,
+    /// The query ran past its time budget.
+    Timeout,
+    /// The store is shutting down.
+    Closed,
+    Other(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Full => f.write_str("the relay's storage is full"),
+            StoreError::Timeout => f.write_str("the query took too long"),
+            StoreError::Closed => f.write_str("the relay is shutting down"),
+            StoreError::Other(message) => write!(f, "database error: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => StoreError::Full,
+            Some(ErrorCode::OperationInterrupted) => StoreError::Timeout,
+            _ => StoreError::Other(error.to_string()),
+        }
+    }
+}
+
+/// Settings the store needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    pub reader_threads: usize,
+    pub max_write_batch: usize,
+    pub query_timeout: Duration,
+}
+
+/// Handle to the database: cheap to share behind an `Arc`.
+pub struct Store {
+    writer: crossbeam_channel::Sender<WriteJob>,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: WorkerPool<Connection>,
+    query_timeout: Duration,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, applies migrations,
+    /// and starts the writer and readers. `on_commit` sees every committed
+    /// event, in commit order.
+    pub fn open(path: &Path, options: &StoreOptions, on_commit: CommitHook) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut writer_conn = open_connection(path, options.durability, false)?;
+        schema::migrate(&mut writer_conn)?;
+        let readers = (0..options.reader_threads)
+            .map(|_| open_connection(path, options.durability, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let readers = WorkerPool::start("reader", readers).map_err(|e| StoreError::Other(e.to_string()))?;
+        let (writer, jobs) = crossbeam_channel::unbounded();
+        let max_batch = options.max_write_batch;
+        let writer_thread = std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || writer::run(writer_conn, jobs, max_batch, on_commit))
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        Ok(Store {
+            writer,
+            writer_thread: std::sync::Mutex::new(Some(writer_thread)),
+            readers,
+            query_timeout: options.query_timeout,
+        })
+    }
+
+    /// Hands an event to the writer and waits for the commit.
+    pub async fn insert(&self, event: Arc<CanonicalEvent>) -> Result<WriteOutcome, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer
+            .send(WriteJob::Insert { event, reply })
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The cheap checks before the signature: is this id stored, or deleted?
+    pub async fn freshness(&self, event: Arc<CanonicalEvent>) -> Result<Freshness, StoreError> {
+        self.readers
+            .run(move |conn| -> Result<Freshness, StoreError> {
+                if sql::exists(conn, &event.event.id)? {
+                    Ok(Freshness::Duplicate)
+                } else if sql::is_tombstoned(conn, &event.event)? {
+                    Ok(Freshness::Deleted)
+                } else {
+                    Ok(Freshness::New)
+                }
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Answers a REQ's filters within the query time budget.
+    pub async fn query(&self, filters: Arc<[Filter]>, limits: QueryLimits) -> Result<QueryResult, StoreError> {
+        let deadline = Instant::now() + self.query_timeout;
+        self.readers
+            .run(move |conn| query::run(conn, &filters, limits, unix_now(), deadline).map_err(StoreError::from))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes up to `batch` expired events; returns how many went.
+    pub async fn purge_expired(&self, batch: usize) -> Result<usize, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer
+            .send(WriteJob::PurgeExpired { now: unix_now(), batch, reply })
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Lets the writer finish every queued job, then stops it. Blocks.
+    pub fn close(&self) {
+        let _ = self.writer.send(WriteJob::Stop);
+        let handle = self.writer_thread.lock().map(|mut h| h.take()).unwrap_or(None);
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Opens one connection with the pragmas every connection shares.
+fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    let synchronous = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    conn.set_prepared_statement_cache_capacity(256);
+    rusqlite::vtab::array::load_module(&conn)?;
+    Ok(conn)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,331 @@
+//! Answering REQ filters from SQLite.
+//!
+//! Each filter is split into index ranges that each end in `created_at`:
+//! one per id, per (author, kind), per author, per (tag value[, kind]), per
+//! kind, or the whole time index. Every range is read newest first and stops
+//! at the filter's limit, so a list of 300 authors costs 300 short index
+//! seeks, never a sort of every matching row. The ranges are then merged in
+//! Rust (strfry does the same with its k-way merge).
+//!
+//! NIP-01 breaks `created_at` ties by lowest id. The indexes order ties
+//! arbitrarily, so when a range fills its limit the rows sharing the last
+//! timestamp are fetched too, and the cut is made after sorting by id.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Instant;
+
+use rusqlite::types::{ToSql, Value as SqlValue};
+use rusqlite::{Connection, params_from_iter};
+
+use super::sql::tag_value;
+use crate::nostr::Filter;
+use crate::nostr::filter::TagCondition;
+
+/// Above this many (author, kind) or (tag value, kind) pairs, a filter scans
+/// per author or per value and checks the kind on the row instead.
+const MAX_PAIRS: usize = 2000;
+
+/// The limits a filter's `limit` is read against.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub default_limit: u64,
+    pub max_limit: u64,
+}
+
+impl QueryLimits {
+    /// The number of stored events a filter may return.
+    pub fn effective(&self, filter: &Filter) -> u64 {
+        filter.limit.unwrap_or(self.default_limit).min(self.max_limit)
+    }
+}
+
+/// The stored events that answer a REQ, newest first (ties: lowest id).
+#[derive(Debug, Default)]
+pub struct QueryResult {
+    pub events: Vec<String>,
+    /// The newest commit sequence number the query could see: live events
+    /// with a higher number were committed after it.
+    pub snapshot: u64,
+}
+
+/// One index range of a filter: the leading key values of its index.
+#[derive(Debug, Clone)]
+enum RangeKey {
+    Id([u8; 32]),
+    AuthorKind([u8; 32], u16),
+    Author([u8; 32]),
+    TagKind(char, String, u16),
+    Tag(char, String),
+    Kind(u16),
+    Everything,
+}
+
+/// Which filter fields the ranges already guarantee; the rest become SQL
+/// conditions on the row.
+#[derive(Debug, Default, Clone, Copy)]
+struct Covered {
+    ids: bool,
+    authors: bool,
+    kinds: bool,
+    tag: Option<char>,
+}
+
+/// Splits a filter into ranges, choosing the most selective index.
+fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
+    let mut covered = Covered::default();
+    if let Some(ids) = &filter.ids {
+        covered.ids = true;
+        return (ids.iter().map(|id| RangeKey::Id(*id)).collect(), covered);
+    }
+    if let Some(authors) = &filter.authors {
+        covered.authors = true;
+        if let Some(kinds) = filter.kinds.as_ref().filter(|k| authors.len() * k.len() <= MAX_PAIRS) {
+            covered.kinds = true;
+            let ranges = authors
+                .iter()
+                .flat_map(|a| kinds.iter().map(move |k| RangeKey::AuthorKind(*a, *k)))
+                .collect();
+            return (ranges, covered);
+        }
+        return (authors.iter().map(|a| RangeKey::Author(*a)).collect(), covered);
+    }
+    if let Some(condition) = filter.tags.iter().min_by_key(|c| c.values.len()) {
+        covered.tag = Some(condition.letter);
+        let letter = condition.letter;
+        if let Some(kinds) = filter
+            .kinds
+            .as_ref()
+            .filter(|k| condition.values.len() * k.len() <= MAX_PAIRS)
+        {
+            covered.kinds = true;
+            let ranges = condition
+                .values
+                .iter()
+                .flat_map(|v| kinds.iter().map(move |k| RangeKey::TagKind(letter, v.clone(), *k)))
+                .collect();
+            return (ranges, covered);
+        }
+        return (
+            condition.values.iter().map(|v| RangeKey::Tag(letter, v.clone())).collect(),
+            covered,
+        );
+    }
+    if let Some(kinds) = &filter.kinds {
+        covered.kinds = true;
+        return (kinds.iter().map(|k| RangeKey::Kind(*k)).collect(), covered);
+    }
+    (vec![RangeKey::Everything], covered)
+}
+
+/// SQL text plus its parameters, numbered as they are pushed.
+struct Sql {
+    text: String,
+    params: Vec<Box<dyn ToSql>>,
+}
+
+impl Sql {
+    fn param(&mut self, value: impl ToSql + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("?{}", self.params.len())
+    }
+}
+
+/// Builds the statement for one range: `(seq, created_at)` newest first,
+/// limited. Time bounds and the limit are its last three parameters so that
+/// the tie query can reuse it.
+fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql {
+    let mut sql = Sql { text: String::new(), params: Vec::new() };
+    let (head, time_column) = match key {
+        RangeKey::Tag(..) | RangeKey::TagKind(..) => {
+            let index = if matches!(key, RangeKey::Tag(..)) { "tag_value_time" } else { "tag_value_kind_time" };
+            (
+                format!("SELECT t.event_seq, t.created_at FROM tag t INDEXED BY {index} CROSS JOIN event e ON e.seq = t.event_seq WHERE "),
+                "t.created_at",
+            )
+        }
+        _ => {
+            let index = match key {
+                RangeKey::Id(_) => "event_id",
+                RangeKey::AuthorKind(..) => "event_pubkey_kind_time",
+                RangeKey::Author(_) => "event_pubkey_time",
+                RangeKey::Kind(_) => "event_kind_time",
+                _ => "event_time",
+            };
+            (format!("SELECT e.seq, e.created_at FROM event e INDEXED BY {index} WHERE "), "e.created_at")
+        }
+    };
+    sql.text.push_str(&head);
+    let mut conditions: Vec<String> = Vec::new();
+    match key {
+        RangeKey::Id(id) => conditions.push(format!("e.id = {}", sql.param(id.to_vec()))),
+        RangeKey::AuthorKind(author, kind) => {
+            conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec())));
+            conditions.push(format!("e.kind = {}", sql.param(*kind)));
+        }
+        RangeKey::Author(author) => conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec()))),
+        RangeKey::Kind(kind) => conditions.push(format!("e.kind = {}", sql.param(*kind))),
+        RangeKey::Tag(letter, value) | RangeKey::TagKind(letter, value, _) => {
+            conditions.push(format!("t.name = {}", sql.param(letter.to_string())));
+            conditions.push(format!("t.value = {}", sql.param(tag_value(value))));
+            if let RangeKey::TagKind(_, _, kind) = key {
+                conditions.push(format!("t.kind = {}", sql.param(*kind)));
+            }
+        }
+        RangeKey::Everything => {}
+    }
+    if !covered.authors {
+        if let Some(authors) = &filter.authors {
+            let list: Vec<SqlValue> = authors.iter().map(|a| SqlValue::Blob(a.to_vec())).collect();
+            conditions.push(format!("e.pubkey IN rarray({})", sql.param(Rc::new(list))));
+        }
+    }
+    if !covered.kinds {
+        if let Some(kinds) = &filter.kinds {
+            let list: Vec<SqlValue> = kinds.iter().map(|k| SqlValue::Integer(i64::from(*k))).collect();
+            conditions.push(format!("e.kind IN rarray({})", sql.param(Rc::new(list))));
+        }
+    }
+    for condition in filter.tags.iter().filter(|c| Some(c.letter) != covered.tag) {
+        conditions.push(tag_exists(&mut sql, condition));
+    }
+    conditions.push(format!("(e.expires_at IS NULL OR e.expires_at > {})", sql.param(now)));
+    let since = sql.param(filter.since.unwrap_or(0));
+    let until = sql.param(filter.until.unwrap_or(i64::MAX));
+    conditions.push(format!("{time_column} BETWEEN {since} AND {until}"));
+    sql.text.push_str(&conditions.join(" AND "));
+    let limit = sql.param(0i64);
+    sql.text.push_str(&format!(" ORDER BY {time_column} DESC LIMIT {limit}"));
+    sql
+}
+
+fn tag_exists(sql: &mut Sql, condition: &TagCondition) -> String {
+    let name = sql.param(condition.letter.to_string());
+    let values: Vec<SqlValue> = condition.values.iter().map(|v| tag_value(v)).collect();
+    let values = sql.param(Rc::new(values));
+    format!("EXISTS (SELECT 1 FROM tag x WHERE x.event_seq = e.seq AND x.name = {name} AND x.value IN rarray({values}))")
+}
+
+/// A row found by a range: enough to merge and cut before loading JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Candidate {
+    created_at: i64,
+    seq: i64,
+}
+
+/// Reads one range, newest first, with every row tied with the last one.
+fn read_range(conn: &Connection, mut sql: Sql, limit: u64) -> rusqlite::Result<Vec<Candidate>> {
+    let mut stmt = conn.prepare_cached(&sql.text)?;
+    let count = sql.params.len();
+    sql.params[count - 1] = Box::new(limit as i64);
+    let read = |stmt: &mut rusqlite::CachedStatement<'_>, params: &[Box<dyn ToSql>]| {
+        stmt.query_map(params_from_iter(params.iter()), |row| {
+            Ok(Candidate { seq: row.get(0)?, created_at: row.get(1)? })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    };
+    let mut rows = read(&mut stmt, &sql.params)?;
+    if rows.len() as u64 == limit {
+        if let Some(last) = rows.last().copied() {
+            // The ties at the cut: same statement, one-second window, no limit.
+            sql.params[count - 3] = Box::new(last.created_at);
+            sql.params[count - 2] = Box::new(last.created_at);
+            sql.params[count - 1] = Box::new(-1i64);
+            rows.retain(|row| row.created_at != last.created_at);
+            rows.extend(read(&mut stmt, &sql.params)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// The candidates of one filter: its newest `limit`, plus ties at the cut.
+fn filter_candidates(conn: &Connection, filter: &Filter, limit: u64, now: i64) -> rusqlite::Result<Vec<Candidate>> {
+    let (ranges, covered) = plan(filter);
+    let mut found: HashSet<Candidate> = HashSet::new();
+    for key in &ranges {
+        found.extend(read_range(conn, range_sql(key, filter, covered, now), limit)?);
+    }
+    let mut found: Vec<Candidate> = found.into_iter().collect();
+    found.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at));
+    if let Some(cut) = usize::try_from(limit).ok().and_then(|l| found.get(l.checked_sub(1)?)).copied() {
+        found.retain(|c| c.created_at >= cut.created_at);
+    }
+    Ok(found)
+}
+
+/// Answers a REQ's filters: each filter's newest `limit` events, united
+/// without duplicates, newest first, ties by lowest id.
+pub fn run(
+    conn: &mut Connection,
+    filters: &[Filter],
+    limits: QueryLimits,
+    now: i64,
+    deadline: Instant,
+) -> rusqlite::Result<QueryResult> {
+    conn.progress_handler(1000, Some(move || Instant::now() > deadline))?;
+    let result = run_in_snapshot(&*conn, filters, limits, now);
+    let cleared = conn.progress_handler(0, None::<fn() -> bool>);
+    let result = result?;
+    cleared?;
+    Ok(result)
+}
+
+fn run_in_snapshot(conn: &Connection, filters: &[Filter], limits: QueryLimits, now: i64) -> rusqlite::Result<QueryResult> {
+    // One read transaction: the snapshot number and the rows come from the
+    // same database state. It spans this one REQ only, so it never starves
+    // WAL checkpoints.
+    let tx = conn.unchecked_transaction()?;
+    let snapshot: i64 = tx
+        .query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event'), 0)", [], |row| row.get(0))?;
+    let mut per_filter = Vec::with_capacity(filters.len());
+    for filter in filters {
+        let limit = limits.effective(filter);
+        if limit == 0 || filter.is_unsatisfiable() {
+            continue;
+        }
+        per_filter.push((limit, filter_candidates(&tx, filter, limit, now)?));
+    }
+    let mut rows: HashMap<i64, (Vec<u8>, String)> = HashMap::new();
+    {
+        let mut load = tx.prepare_cached("SELECT id, json FROM event WHERE seq = ?1")?;
+        for candidate in per_filter.iter().flat_map(|(_, c)| c) {
+            if !rows.contains_key(&candidate.seq) {
+                let row = load.query_row([candidate.seq], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.insert(candidate.seq, row);
+            }
+        }
+    }
+    tx.finish()?;
+    let order = |a: &Candidate, b: &Candidate| {
+        b.created_at.cmp(&a.created_at).then_with(|| rows[&a.seq].0.cmp(&rows[&b.seq].0))
+    };
+    let mut chosen: HashSet<Candidate> = HashSet::new();
+    for (limit, mut candidates) in per_filter {
+        candidates.sort_unstable_by(order);
+        candidates.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        chosen.extend(candidates);
+    }
+    let mut chosen: Vec<Candidate> = chosen.into_iter().collect();
+    chosen.sort_unstable_by(order);
+    let events = chosen
+        .iter()
+        .filter_map(|c| rows.get(&c.seq).map(|(_, json)| json.clone()))
+        .collect();
+    Ok(QueryResult { events, snapshot: u64::try_from(snapshot).unwrap_or(0) })
+}
+
+/// `EXPLAIN QUERY PLAN` of every range statement a filter would run, for
+/// tests and for operators investigating a slow query.
+pub fn explain(conn: &Connection, filter: &Filter, now: i64) -> rusqlite::Result<Vec<String>> {
+    let (ranges, covered) = plan(filter);
+    let mut plans = Vec::new();
+    if let Some(key) = ranges.first() {
+        let sql = range_sql(key, filter, covered, now);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
+        let rows = stmt.query_map(params_from_iter(sql.params.iter()), |row| row.get::<_, String>(3))?;
+        for row in rows {
+            plans.push(row?);
+        }
+    }
+    Ok(plans)
+}

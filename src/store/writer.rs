@@ -1,0 +1,247 @@
+//! The single writer: one thread, one SQLite connection, group commit.
+//!
+//! Every insert, replacement and deletion happens here, so the NIP-01 and
+//! NIP-09 rules need no locks: the writer takes whatever jobs arrived while
+//! the previous commit ran, applies them in one transaction (each inside its
+//! own savepoint, so one failure does not sink its neighbours), commits, and
+//! only then answers each job and hands the committed events to the fan-out,
+//! in commit order.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::sql::{is_address_deleted, is_indexed_tag, is_tombstoned, may_delete, tag_value};
+use super::{StoreError, WriteOutcome};
+use crate::nostr::hex::decode_lower;
+use crate::nostr::{CanonicalEvent, Event, KindClass, kind};
+
+/// An event the writer committed, with its commit sequence number.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub seq: u64,
+    pub event: Arc<CanonicalEvent>,
+}
+
+/// Called after each commit with the events it stored, in commit order.
+pub type CommitHook = Box<dyn Fn(&[Committed]) + Send>;
+
+/// Work for the writer thread.
+pub enum WriteJob {
+    Insert {
+        event: Arc<CanonicalEvent>,
+        reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    },
+    /// Deletes up to `batch` events whose NIP-40 expiration is at or before `now`.
+    PurgeExpired {
+        now: i64,
+        batch: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Finish what is queued before this job, then stop.
+    Stop,
+}
+
+/// The writer thread's loop. Returns when a [`WriteJob::Stop`] arrives or
+/// every sender is gone.
+pub fn run(mut conn: Connection, jobs: crossbeam_channel::Receiver<WriteJob>, max_batch: usize, on_commit: CommitHook) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = jobs.recv() else { break };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut inserts = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job {
+                WriteJob::Insert { event, reply } => inserts.push((event, reply)),
+                WriteJob::PurgeExpired { now, batch, reply } => {
+                    let _ = reply.send(purge_expired(&mut conn, now, batch));
+                }
+                WriteJob::Stop => stopping = true,
+            }
+        }
+        if !inserts.is_empty() {
+            commit_inserts(&mut conn, inserts, &on_commit);
+        }
+    }
+    tracing::debug!("writer stopped");
+}
+
+type Insert = (Arc<CanonicalEvent>, oneshot::Sender<Result<WriteOutcome, StoreError>>);
+
+fn commit_inserts(conn: &mut Connection, inserts: Vec<Insert>, on_commit: &CommitHook) {
+    let outcomes = apply_batch(conn, &inserts);
+    match outcomes {
+        Ok(outcomes) => {
+            let mut committed = Vec::new();
+            for ((event, reply), outcome) in inserts.into_iter().zip(outcomes) {
+                if let Ok(WriteOutcome::Stored { seq }) = &outcome {
+                    committed.push(Committed { seq: *seq, event });
+                }
+                let _ = reply.send(outcome);
+            }
+            if !committed.is_empty() {
+                on_commit(&committed);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, events = inserts.len(), "group commit failed");
+            for (_, reply) in inserts {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Applies every insert in one transaction; the outer error means the
+/// commit itself failed and nothing of the batch is stored.
+fn apply_batch(conn: &mut Connection, inserts: &[Insert]) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(inserts.len());
+    for (event, _) in inserts {
+        let mut savepoint = tx.savepoint()?;
+        let outcome = apply_event(&savepoint, event).map_err(StoreError::from);
+        if outcome.is_ok() {
+            savepoint.commit()?;
+        } else {
+            savepoint.rollback()?;
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// NIP-01 and NIP-09 rules for one event, inside the writer's transaction.
+fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<WriteOutcome> {
+    let event = &canonical.event;
+    if super::sql::exists(tx, &event.id)? {
+        return Ok(WriteOutcome::Duplicate);
+    }
+    if is_tombstoned(tx, event)? {
+        return Ok(WriteOutcome::Deleted);
+    }
+    let d_tag = event.address_d();
+    if let Some(d) = d_tag {
+        if is_address_deleted(tx, event, d)? {
+            return Ok(WriteOutcome::Deleted);
+        }
+        let current: Option<(i64, i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT seq, created_at, id FROM event WHERE pubkey = ?1 AND kind = ?2 AND d_tag = ?3")?
+            .query_row(params![&event.pubkey[..], event.kind, d], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        if let Some((seq, created_at, id)) = current {
+            // NIP-01: the newer wins; on equal timestamps the lowest id wins.
+            let stored_wins = created_at > event.created_at
+                || (created_at == event.created_at && id.as_slice() < &event.id[..]);
+            if stored_wins {
+                return Ok(WriteOutcome::Superseded);
+            }
+            delete_event(tx, seq)?;
+        }
+    }
+    let expires_at = event.expiration().ok().flatten();
+    tx.prepare_cached(
+        "INSERT INTO event (id, pubkey, created_at, kind, d_tag, expires_at, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        &event.id[..],
+        &event.pubkey[..],
+        event.created_at,
+        event.kind,
+        d_tag,
+        expires_at,
+        canonical.json
+    ])?;
+    let seq = tx.last_insert_rowid();
+    let mut insert_tag = tx.prepare_cached(
+        "INSERT OR IGNORE INTO tag (event_seq, name, value, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for tag in event.tags.iter().filter(|tag| is_indexed_tag(tag)) {
+        insert_tag.execute(params![seq, tag[0], tag_value(&tag[1]), event.kind, event.created_at])?;
+    }
+    if event.kind == kind::DELETION {
+        apply_deletion(tx, event)?;
+    }
+    // Cannot be negative: seq is an AUTOINCREMENT rowid, which starts at 1.
+    Ok(WriteOutcome::Stored { seq: seq as u64 })
+}
+
+/// NIP-09: removes what a kind-5 event asks to remove, and records it so that
+/// the targets are refused if they arrive later.
+fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
+    let deleter = &deletion.pubkey[..];
+    for target in deletion.tag_values("e").filter_map(decode_lower::<32>) {
+        tx.prepare_cached("INSERT OR IGNORE INTO deletion (event_id, deleter) VALUES (?1, ?2)")?
+            .execute(params![&target[..], deleter])?;
+        let stored: Option<(i64, String)> = tx
+            .prepare_cached("SELECT seq, json FROM event WHERE id = ?1")?
+            .query_row(params![&target[..]], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        if let Some((seq, json)) = stored {
+            let entitled = serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|value| Event::from_value(&value).ok())
+                .is_some_and(|target| target.kind != kind::DELETION && may_delete(&target, deleter));
+            if entitled {
+                delete_event(tx, seq)?;
+            }
+        }
+    }
+    for address in deletion.tag_values("a") {
+        let mut parts = address.splitn(3, ':');
+        let (Some(kind_text), Some(pubkey_text), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(kind), Some(pubkey)) = (kind_text.parse::<u16>(), decode_lower::<32>(pubkey_text)) else {
+            continue;
+        };
+        if pubkey[..] != *deleter || !KindClass::of(kind).has_address() {
+            continue;
+        }
+        let d = if KindClass::of(kind) == KindClass::Replaceable { "" } else { d };
+        tx.prepare_cached(
+            "INSERT INTO address_deletion (pubkey, kind, d_tag, until) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (pubkey, kind, d_tag) DO UPDATE SET until = max(until, excluded.until)",
+        )?
+        .execute(params![deleter, kind, d, deletion.created_at])?;
+        let seqs = tx
+            .prepare_cached(
+                "SELECT seq FROM event WHERE pubkey = ?1 AND kind = ?2 AND d_tag = ?3 AND created_at <= ?4",
+            )?
+            .query_map(params![deleter, kind, d, deletion.created_at], |row| row.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for seq in seqs {
+            delete_event(tx, seq)?;
+        }
+    }
+    Ok(())
+}
+
+fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM tag WHERE event_seq = ?1")?.execute(params![seq])?;
+    conn.prepare_cached("DELETE FROM event WHERE seq = ?1")?.execute(params![seq])?;
+    Ok(())
+}
+
+fn purge_expired(conn: &mut Connection, now: i64, batch: usize) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let seqs = tx
+        .prepare_cached("SELECT seq FROM event WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2")?
+        .query_map(params![now, batch as i64], |row| row.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for seq in &seqs {
+        delete_event(&tx, *seq)?;
+    }
+    tx.commit()?;
+    Ok(seqs.len())
+}
