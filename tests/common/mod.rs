@@ -1,0 +1,274 @@
+//! Shared test harness: a relay on a temporary SQLite file (in-process on
+//! port 0, or the real binary), and a WebSocket client that speaks NIP-01.
+//! Events are built and signed with the independent `nostr` crate.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use nostr::prelude::*;
+use nostr_relayd::{Config, RunningRelay};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long a test waits for an answer that must come.
+pub const ANSWER: Duration = Duration::from_secs(10);
+
+/// A relay running in this process against a fresh database file.
+pub struct TestRelay {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    pub config: Config,
+    relay: Option<RunningRelay>,
+    _dir: TempDir,
+}
+
+/// A configuration for tests: port 0, a database in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".into();
+    config.database = dir.join("relay.sqlite");
+    config
+}
+
+impl TestRelay {
+    pub async fn start() -> TestRelay {
+        TestRelay::start_with(|_| {}).await
+    }
+
+    /// Starts a relay after `adjust` has changed the test configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRelay {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        config.validate().expect("valid test config");
+        let relay = nostr_relayd::start(config.clone()).await.expect("relay starts");
+        let addr = relay.local_addr;
+        TestRelay { url: format!("ws://{addr}/"), addr, db: config.database.clone(), config, relay: Some(relay), _dir: dir }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url).await
+    }
+
+    /// Graceful shutdown; the database stays until the TestRelay is dropped.
+    pub async fn stop(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await;
+        }
+    }
+}
+
+/// The real `nostr-relayd` binary, for tests that kill or signal it.
+pub struct RelayProcess {
+    pub child: Child,
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl RelayProcess {
+    /// Starts the binary with `config_path`, overriding listen and database
+    /// through the environment, and waits until it accepts connections.
+    pub async fn spawn(config_path: &Path, db: &Path) -> RelayProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nostr-relayd"))
+            .arg("--config")
+            .arg(config_path)
+            .env("NOSTR_RELAYD_LISTEN", addr.to_string())
+            .env("NOSTR_RELAYD_DB", db)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn nostr-relayd");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "relay did not start listening");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RelayProcess { child, url: format!("ws://{addr}/"), addr }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A NIP-01 client over a real WebSocket.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = connect_async(url).await.expect("websocket connects");
+        Client { ws }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// The next frame, whatever it is (pings are skipped); None when closed.
+    pub async fn recv_message(&mut self) -> Option<Message> {
+        loop {
+            let frame = tokio::time::timeout(ANSWER, self.ws.next())
+                .await
+                .expect("the relay answered in time");
+            match frame {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(message)) => return Some(message),
+            }
+        }
+    }
+
+    /// The next text frame exactly as the relay sent it.
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv_message().await {
+            Some(Message::Text(text)) => text.as_str().to_owned(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// The next relay message as JSON.
+    pub async fn recv(&mut self) -> Value {
+        match self.recv_message().await {
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).expect("relay sends JSON"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Nothing arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
+            if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                panic!("expected silence, got {message:?}");
+            }
+        }
+    }
+
+    /// Publishes a signed event and returns the OK's (accepted, reason).
+    pub async fn publish(&mut self, event: &Event) -> (bool, String) {
+        self.send_text(format!(r#"["EVENT",{}]"#, event.as_json())).await;
+        self.ok_for(&event.id.to_hex()).await
+    }
+
+    /// Publishes raw JSON of an event object.
+    pub async fn publish_raw(&mut self, event: &Value) -> (bool, String) {
+        self.send_json(json!(["EVENT", event])).await;
+        let id = event["id"].as_str().unwrap_or_default().to_owned();
+        self.ok_for(&id).await
+    }
+
+    /// Waits for the OK of `id`, skipping other messages.
+    pub async fn ok_for(&mut self, id: &str) -> (bool, String) {
+        loop {
+            let message = self.recv().await;
+            if message[0] == "OK" && message[1] == id {
+                return (message[2].as_bool().expect("bool"), message[3].as_str().expect("reason").to_owned());
+            }
+        }
+    }
+
+    /// Sends a REQ and collects its stored events until EOSE.
+    pub async fn req(&mut self, sub: &str, filters: Vec<Value>) -> Vec<Value> {
+        let mut message = vec![json!("REQ"), json!(sub)];
+        message.extend(filters);
+        self.send_json(Value::Array(message)).await;
+        self.collect_until_eose(sub).await
+    }
+
+    /// Collects `["EVENT", sub, …]` until `["EOSE", sub]`; panics on CLOSED.
+    pub async fn collect_until_eose(&mut self, sub: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let message = self.recv().await;
+            match message[0].as_str() {
+                Some("EVENT") if message[1] == sub => events.push(message[2].clone()),
+                Some("EOSE") if message[1] == sub => return events,
+                Some("CLOSED") if message[1] == sub => panic!("subscription closed: {message}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a REQ that must be refused, returning the CLOSED reason.
+    pub async fn req_closed(&mut self, sub: &str, filters: Vec<Value>) -> String {
+        let mut message = vec![json!("REQ"), json!(sub)];
+        message.extend(filters);
+        self.send_json(Value::Array(message)).await;
+        let answer = self.recv().await;
+        assert_eq!(answer[0], "CLOSED", "expected CLOSED, got {answer}");
+        assert_eq!(answer[1], json!(sub));
+        answer[2].as_str().unwrap().to_owned()
+    }
+
+    /// The next message must be a NOTICE; returns its text.
+    pub async fn expect_notice(&mut self) -> String {
+        let answer = self.recv().await;
+        assert_eq!(answer[0], "NOTICE", "expected NOTICE, got {answer}");
+        answer[1].as_str().unwrap().to_owned()
+    }
+
+    /// Proves the connection still works: publish a note and read it back.
+    pub async fn assert_healthy(&mut self) {
+        let keys = Keys::generate();
+        let event = note(&keys, "still alive");
+        assert_eq!(self.publish(&event).await, (true, String::new()));
+        let events = self.req("health", vec![json!({"ids": [event.id.to_hex()]})]).await;
+        assert_eq!(events.len(), 1);
+        self.send_json(json!(["CLOSE", "health"])).await;
+    }
+}
+
+/// Now, in seconds.
+pub fn now() -> u64 {
+    Timestamp::now().as_secs()
+}
+
+/// A signed kind-1 note.
+pub fn note(keys: &Keys, content: &str) -> Event {
+    EventBuilder::new(Kind::TextNote, content).finalize(keys).unwrap()
+}
+
+/// A signed event of any kind, tags and time.
+pub fn event(keys: &Keys, kind: u16, content: &str, tags: &[&[&str]], created_at: u64) -> Event {
+    let tags: Vec<Tag> = tags.iter().map(|t| Tag::parse(t.iter().copied()).unwrap()).collect();
+    EventBuilder::new(Kind::from(kind), content)
+        .tags(tags)
+        .custom_created_at(Timestamp::from(created_at))
+        .finalize(keys)
+        .unwrap()
+}
+
+/// An event's JSON as a serde value, to be tampered with.
+pub fn to_value(event: &Event) -> Value {
+    serde_json::from_str(&event.as_json()).unwrap()
+}
