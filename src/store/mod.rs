@@ -179,7 +179,7 @@ impl Store {
 }
 
 /// Opens one connection with the pragmas every connection shares.
-fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {

@@ -329,3 +329,51 @@ pub fn explain(conn: &Connection, filter: &Filter, now: i64) -> rusqlite::Result
     }
     Ok(plans)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use serde_json::json;
+
+    fn database() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = super::super::open_connection(&dir.path().join("plan.sqlite"), Durability::Normal, false).unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        (dir, conn)
+    }
+
+    fn plan_of(conn: &Connection, filter: serde_json::Value) -> Vec<String> {
+        explain(conn, &Filter::from_value(&filter).unwrap(), 1_700_000_000).unwrap()
+    }
+
+    /// DESIGN.md: every common filter shape is an index range scan that ends
+    /// in `created_at DESC`: no full table scan, no temp B-tree for ORDER BY.
+    #[test]
+    fn common_filter_shapes_use_index_ranges() {
+        let (_dir, conn) = database();
+        let hex = |c: &str| c.repeat(64);
+        let shapes = [
+            ("ids", json!({"ids": [hex("a"), hex("b")]}), "event_id"),
+            ("authors+kinds", json!({"authors": [hex("a"), hex("b")], "kinds": [1, 6], "limit": 50}), "event_pubkey_kind_time"),
+            ("authors", json!({"authors": [hex("a")]}), "event_pubkey_time"),
+            ("kinds", json!({"kinds": [1], "limit": 100}), "event_kind_time"),
+            ("#e", json!({"#e": [hex("c")]}), "tag_value_time"),
+            ("#p+kinds", json!({"#p": [hex("d")], "kinds": [1, 6, 7, 9735], "limit": 100}), "tag_value_kind_time"),
+            ("#t+authors residual", json!({"authors": [hex("a")], "#t": ["nostr"]}), "event_pubkey_time"),
+            ("time range", json!({"since": 1, "until": 2}), "event_time"),
+            ("everything", json!({"limit": 10}), "event_time"),
+        ];
+        for (name, filter, index) in shapes {
+            let plan = plan_of(&conn, filter);
+            let text = plan.join("\n");
+            println!("{name}:\n  {}", plan.join("\n  "));
+            assert!(text.contains(index), "{name}: expected index {index}, plan:\n{text}");
+            assert!(!text.contains("TEMP B-TREE"), "{name}: sorts in a temp B-tree:\n{text}");
+            for line in &plan {
+                let full_scan = line.starts_with("SCAN") && !line.contains("USING") && !line.contains("rarray");
+                assert!(!full_scan, "{name}: full table scan:\n{text}");
+            }
+        }
+    }
+}
