@@ -1,0 +1,132 @@
+//! The relay as a process: durability across SIGKILL, graceful SIGTERM,
+//! keep-alive pings, and the command line.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use nostr::prelude::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn shipped_config() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/relay.toml"))
+}
+
+/// "Nothing acknowledged is ever lost": every event that got `OK true` is
+/// there after the process is killed with SIGKILL and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("durable.sqlite");
+    let mut relay = RelayProcess::spawn(&shipped_config(), &db).await;
+    let keys = Keys::generate();
+    let base = now() - 2000;
+    let events: Vec<Event> = (0..1000).map(|i| event(&keys, 1, &format!("durable {i}"), &[], base + i)).collect();
+    // Four connections, each pipelining 250 events, then collecting every OK.
+    let mut tasks = Vec::new();
+    for chunk in events.chunks(250) {
+        let chunk = chunk.to_vec();
+        let url = relay.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&url).await;
+            for event in &chunk {
+                client.send_text(format!(r#"["EVENT",{}]"#, event.as_json())).await;
+            }
+            // OKs may come back in any order: collect them all.
+            let mut pending: std::collections::HashSet<String> = chunk.iter().map(|e| e.id.to_hex()).collect();
+            while !pending.is_empty() {
+                let ok = client.recv().await;
+                assert_eq!(ok[0], "OK");
+                assert_eq!(ok[2], true, "{ok}");
+                assert!(pending.remove(ok[1].as_str().unwrap()), "one OK per event");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    relay.kill();
+    let relay = RelayProcess::spawn(&shipped_config(), &db).await;
+    let mut client = Client::connect(&relay.url).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.to_hex()).collect();
+    let mut found = Vec::new();
+    for (n, chunk) in ids.chunks(500).enumerate() {
+        found.extend(client.req(&format!("check{n}"), vec![json!({"ids": chunk, "limit": 500})]).await);
+    }
+    assert_eq!(found.len(), 1000, "every acknowledged event is stored");
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::spawn(&shipped_config(), &dir.path().join("term.sqlite")).await;
+    let mut client = Client::connect(&relay.url).await;
+    client.assert_healthy().await;
+    let status = Command::new("kill").arg("-TERM").arg(relay.child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    match client.recv_message().await {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame with 1001, got {other:?}"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = relay.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "relay did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_pings_is_closed() {
+    let relay = TestRelay::start_with(|c| c.network.ping_interval_seconds = 1).await;
+    let mut silent = relay.client().await;
+    let mut lively = relay.client().await;
+    // `silent` does not read for 3.5 s, so it never answers the relay's pings.
+    // `lively` reads all along; tungstenite answers each ping with a pong.
+    let lively_task = tokio::spawn(async move {
+        lively.expect_silence(Duration::from_millis(3500)).await;
+        lively.assert_healthy().await;
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut saw_close = false;
+    while let Ok(Some(frame)) = tokio::time::timeout(ANSWER, silent.ws.next()).await {
+        match frame {
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| f.code), Some(CloseCode::Policy));
+                saw_close = true;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert!(saw_close, "the relay closed the silent peer with a close frame");
+    lively_task.await.unwrap();
+}
+
+#[test]
+fn a_missing_config_file_is_an_error_that_names_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_nostr-relayd"))
+        .args(["--config", "/nonexistent/relay.toml", "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "logs go to stderr");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/relay.toml"));
+}
+
+#[test]
+fn config_is_a_global_option() {
+    for args in [["--config", "/nonexistent/x.toml", "serve"], ["serve", "--config", "/nonexistent/x.toml"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_nostr-relayd")).args(args).output().unwrap();
+        assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/x.toml"), "{args:?}");
+    }
+}
