@@ -7,6 +7,7 @@
 //! only then answers each job and hands the committed events to the fan-out,
 //! in commit order.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -67,7 +68,13 @@ pub fn run(mut conn: Connection, jobs: crossbeam_channel::Receiver<WriteJob>, ma
             }
         }
         if !inserts.is_empty() {
-            commit_inserts(&mut conn, inserts, &on_commit);
+            // A bug must not kill the only writer: a panicking batch is rolled
+            // back (the transaction's Drop), its callers get an error, and the
+            // thread goes on with the next batch.
+            let outcome = catch_unwind(AssertUnwindSafe(|| commit_inserts(&mut conn, inserts, &on_commit)));
+            if outcome.is_err() {
+                tracing::error!("the writer panicked on a batch; it was rolled back");
+            }
         }
     }
     tracing::debug!("writer stopped");
