@@ -197,7 +197,10 @@ impl Config {
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|e| {
-            ConfigError(format!("listen: {:?} is not an address:port ({e})", self.listen))
+            ConfigError(format!(
+                "listen: {:?} is not an address:port ({e})",
+                self.listen
+            ))
         })
     }
 
@@ -207,7 +210,10 @@ impl Config {
         let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         let hex_or_empty = |v: &str| v.is_empty() || crate::nostr::hex::is_hex32(v);
         if !hex_or_empty(&self.info.pubkey) {
-            return fail("info.pubkey", "must be 64 lowercase hex characters or empty");
+            return fail(
+                "info.pubkey",
+                "must be 64 lowercase hex characters or empty",
+            );
         }
         if !hex_or_empty(&self.info.self_pubkey) {
             return fail("info.self", "must be 64 lowercase hex characters or empty");
@@ -275,10 +281,9 @@ mod tests {
         // Every key is active: nothing is commented out.
         for line in text.lines() {
             if let Some(comment) = line.trim_start().strip_prefix('#') {
-                let commented_key = comment
-                    .trim()
-                    .split_once(" = ")
-                    .is_some_and(|(key, _)| !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+                let commented_key = comment.trim().split_once(" = ").is_some_and(|(key, _)| {
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
                 assert!(!commented_key, "commented-out key in relay.toml: {line}");
             }
         }
@@ -302,8 +307,17 @@ mod tests {
         assert!(err.0.contains("max_limitt"), "{err}");
         let mut config = Config::default();
         config.limits.default_limit = config.limits.max_limit + 1;
-        assert!(config.validate().unwrap_err().0.contains("limits.default_limit"));
-        let config = Config { listen: "nope".into(), ..Config::default() };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("limits.default_limit")
+        );
+        let config = Config {
+            listen: "nope".into(),
+            ..Config::default()
+        };
         assert!(config.validate().unwrap_err().0.contains("listen"));
     }
 }

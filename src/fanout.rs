@@ -47,7 +47,14 @@ impl Mailbox {
     pub fn new(capacity: usize) -> (Mailbox, mpsc::Receiver<Delivery>, Arc<Overflow>) {
         let (queue, receiver) = mpsc::channel(capacity);
         let overflow = Arc::new(Overflow::default());
-        (Mailbox { queue, overflow: overflow.clone() }, receiver, overflow)
+        (
+            Mailbox {
+                queue,
+                overflow: overflow.clone(),
+            },
+            receiver,
+            overflow,
+        )
     }
 
     fn deliver(&self, delivery: Delivery) {
@@ -120,14 +127,23 @@ impl Index {
         match bucket {
             Bucket::Id(id) => self.by_id.entry(*id).or_default(),
             Bucket::Author(a) => self.by_author.entry(*a).or_default(),
-            Bucket::Tag(letter, value) => self.by_tag.entry(*letter).or_default().entry(value.clone()).or_default(),
+            Bucket::Tag(letter, value) => self
+                .by_tag
+                .entry(*letter)
+                .or_default()
+                .entry(value.clone())
+                .or_default(),
             Bucket::Kind(k) => self.by_kind.entry(*k).or_default(),
             Bucket::All => &mut self.all,
         }
     }
 
     fn remove_from(&mut self, bucket: &Bucket, key: SubscriptionKey) {
-        fn take<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<SubscriptionKey>>, k: &K, key: SubscriptionKey) {
+        fn take<K: std::hash::Hash + Eq>(
+            map: &mut HashMap<K, HashSet<SubscriptionKey>>,
+            k: &K,
+            key: SubscriptionKey,
+        ) {
             if let Some(set) = map.get_mut(k) {
                 set.remove(&key);
                 if set.is_empty() {
@@ -169,7 +185,10 @@ impl Index {
             for tag in &event.tags {
                 let mut name = tag[0].chars();
                 if let (Some(letter), None, Some(value)) = (name.next(), name.next(), tag.get(1)) {
-                    add(self.by_tag.get(&letter).and_then(|values| values.get(value.as_str())));
+                    add(self
+                        .by_tag
+                        .get(&letter)
+                        .and_then(|values| values.get(value.as_str())));
                 }
             }
         }
@@ -190,17 +209,30 @@ impl Fanout {
     pub fn subscribe(&self, mailbox: Mailbox, filters: Arc<[Filter]>) -> SubscriptionKey {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let buckets: Vec<Bucket> = filters.iter().flat_map(buckets_of).collect();
-        let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut index = self
+            .index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for bucket in &buckets {
             index.bucket_mut(bucket).insert(key);
         }
-        index.registrations.insert(key, Registration { mailbox, filters, buckets });
+        index.registrations.insert(
+            key,
+            Registration {
+                mailbox,
+                filters,
+                buckets,
+            },
+        );
         key
     }
 
     /// Removes a subscription; unknown keys are ignored.
     pub fn unsubscribe(&self, key: SubscriptionKey) {
-        let mut index = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut index = self
+            .index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(registration) = index.registrations.remove(&key) {
             for bucket in &registration.buckets {
                 index.remove_from(bucket, key);
@@ -210,19 +242,30 @@ impl Fanout {
 
     /// Sends `event` to every subscription it matches.
     pub fn publish(&self, event: &Arc<CanonicalEvent>, seq: Option<u64>) {
-        let index = self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = self
+            .index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for key in index.candidates(&event.event) {
-            if let Some(registration) = index.registrations.get(&key) {
-                if registration.filters.iter().any(|f| f.matches(&event.event)) {
-                    registration.mailbox.deliver(Delivery { key, seq, event: event.clone() });
-                }
+            if let Some(registration) = index.registrations.get(&key)
+                && registration.filters.iter().any(|f| f.matches(&event.event))
+            {
+                registration.mailbox.deliver(Delivery {
+                    key,
+                    seq,
+                    event: event.clone(),
+                });
             }
         }
     }
 
     /// How many subscriptions are registered.
     pub fn len(&self) -> usize {
-        self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).registrations.len()
+        self.index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .registrations
+            .len()
     }
 
     /// True when no subscription is registered.
@@ -246,18 +289,28 @@ mod tests {
     }
 
     fn filters(values: serde_json::Value) -> Arc<[Filter]> {
-        values.as_array().unwrap().iter().map(|v| Filter::from_value(v).unwrap()).collect()
+        values
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| Filter::from_value(v).unwrap())
+            .collect()
     }
 
     #[test]
     fn delivers_only_to_matching_subscriptions_once() {
         let fanout = Fanout::new();
         let (mailbox, mut rx, _) = Mailbox::new(16);
-        let both = fanout.subscribe(mailbox.clone(), filters(json!([{"kinds": [1]}, {"#t": ["x"]}])));
+        let both = fanout.subscribe(
+            mailbox.clone(),
+            filters(json!([{"kinds": [1]}, {"#t": ["x"]}])),
+        );
         let other = fanout.subscribe(mailbox.clone(), filters(json!([{"kinds": [2]}])));
         let everything = fanout.subscribe(mailbox, filters(json!([{}])));
         fanout.publish(&canonical(1, json!([["t", "x"]])), Some(7));
-        let mut got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|d| d.key).collect();
+        let mut got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| d.key)
+            .collect();
         got.sort();
         assert_eq!(got, vec![both, everything]);
         fanout.unsubscribe(both);

@@ -23,11 +23,17 @@ pub struct Verdict {
 
 impl Verdict {
     fn accept(reason: &str) -> Verdict {
-        Verdict { accepted: true, reason: reason.to_owned() }
+        Verdict {
+            accepted: true,
+            reason: reason.to_owned(),
+        }
     }
 
     fn refuse(reason: impl Into<String>) -> Verdict {
-        Verdict { accepted: false, reason: reason.into() }
+        Verdict {
+            accepted: false,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -63,7 +69,11 @@ impl Ingester {
             return Verdict::refuse(reason);
         }
         let to_verify = event.clone();
-        match self.verifier.run(move |_| to_verify.event.verify_signature()).await {
+        match self
+            .verifier
+            .run(move |_| to_verify.event.verify_signature())
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Verdict::refuse(format!("invalid: {error}")),
             Err(_) => return store_failure(StoreError::Closed),
@@ -76,9 +86,9 @@ impl Ingester {
             Ok(WriteOutcome::Stored { .. }) => Verdict::accept(""),
             Ok(WriteOutcome::Duplicate) => Verdict::accept(DUPLICATE),
             Ok(WriteOutcome::Deleted) => Verdict::refuse(DELETED),
-            Ok(WriteOutcome::Superseded) => {
-                Verdict::refuse("blocked: a newer version of this replaceable event is already stored")
-            }
+            Ok(WriteOutcome::Superseded) => Verdict::refuse(
+                "blocked: a newer version of this replaceable event is already stored",
+            ),
             Err(error) => store_failure(error),
         }
     }

@@ -42,7 +42,10 @@ impl<C: Send + 'static> WorkerPool<C> {
                 .spawn(move || {
                     for job in queue.iter() {
                         if catch_unwind(AssertUnwindSafe(|| job(&mut context))).is_err() {
-                            tracing::error!(pool = "worker", "a job panicked; its caller gets an error");
+                            tracing::error!(
+                                pool = "worker",
+                                "a job panicked; its caller gets an error"
+                            );
                         }
                     }
                 })?;
@@ -72,8 +75,25 @@ mod tests {
     #[tokio::test]
     async fn runs_jobs_and_survives_a_panic() {
         let pool = WorkerPool::start("test", vec![0u32]).unwrap();
-        assert_eq!(pool.run(|n| { *n += 1; *n }).await, Ok(1));
-        assert_eq!(pool.run(|_| -> u32 { panic!("boom") }).await, Err(PoolError));
-        assert_eq!(pool.run(|n| { *n += 1; *n }).await, Ok(2));
+        assert_eq!(
+            pool.run(|n| {
+                *n += 1;
+                *n
+            })
+            .await,
+            Ok(1)
+        );
+        assert_eq!(
+            pool.run(|_| -> u32 { panic!("boom") }).await,
+            Err(PoolError)
+        );
+        assert_eq!(
+            pool.run(|n| {
+                *n += 1;
+                *n
+            })
+            .await,
+            Ok(2)
+        );
     }
 }

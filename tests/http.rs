@@ -8,20 +8,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A raw HTTP/1.1 exchange: (status, lower-cased headers, body).
-async fn http(relay: &TestRelay, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+async fn http(
+    relay: &TestRelay,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
     let mut stream = TcpStream::connect(relay.addr).await.unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: relay.example.com\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: relay.example.com\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
-    tokio::time::timeout(ANSWER, stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    tokio::time::timeout(ANSWER, stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
     let response = String::from_utf8(response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -30,7 +46,10 @@ async fn http(relay: &TestRelay, method: &str, path: &str, headers: &[(&str, &st
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[tokio::test]
@@ -42,14 +61,22 @@ async fn nip11_document_with_cors_and_every_enforced_limit() {
         c.limits.created_at_lower_limit = 3600;
     })
     .await;
-    let (status, headers, body) = http(&relay, "GET", "/", &[("Accept", "application/nostr+json")]).await;
+    let (status, headers, body) =
+        http(&relay, "GET", "/", &[("Accept", "application/nostr+json")]).await;
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "content-type"), Some("application/nostr+json"));
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/nostr+json")
+    );
     // NIP-11: "Relays MUST accept CORS requests by sending Access-Control-Allow-Origin,
     // Access-Control-Allow-Headers, and Access-Control-Allow-Methods headers."
     assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
     assert!(header(&headers, "access-control-allow-headers").is_some());
-    assert!(header(&headers, "access-control-allow-methods").unwrap().contains("GET"));
+    assert!(
+        header(&headers, "access-control-allow-methods")
+            .unwrap()
+            .contains("GET")
+    );
     let doc: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["name"], "test relay");
     assert_eq!(doc["icon"], "https://example.com/icon.png");
@@ -58,7 +85,12 @@ async fn nip11_document_with_cors_and_every_enforced_limit() {
     assert!(doc["software"].as_str().unwrap().starts_with("https://"));
     assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
     for nip in [1, 9, 11, 40] {
-        assert!(doc["supported_nips"].as_array().unwrap().contains(&Value::from(nip)));
+        assert!(
+            doc["supported_nips"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(nip))
+        );
     }
     let l = &doc["limitation"];
     let limits = &relay.config.limits;
@@ -90,7 +122,10 @@ async fn cors_preflight_is_answered() {
         &relay,
         "OPTIONS",
         "/",
-        &[("Origin", "https://client.example"), ("Access-Control-Request-Method", "GET")],
+        &[
+            ("Origin", "https://client.example"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
     )
     .await;
     assert_eq!(status, 204);
@@ -104,7 +139,11 @@ async fn a_browser_gets_a_human_readable_page() {
     let relay = TestRelay::start().await;
     let (status, headers, body) = http(&relay, "GET", "/", &[("Accept", "text/html")]).await;
     assert_eq!(status, 200);
-    assert!(header(&headers, "content-type").unwrap().starts_with("text/html"));
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(body.contains("Nostr"));
     assert!(body.contains("wss://relay.example.com/"));
 }
@@ -127,7 +166,9 @@ async fn max_connections_is_enforced_with_503() {
     let _second = relay.client().await;
     let refused = tokio_tungstenite::connect_async(relay.url.as_str()).await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         other => panic!("expected 503, got {:?}", other.map(|_| ())),
     }
     first.assert_healthy().await;
@@ -141,5 +182,8 @@ async fn max_connections_is_enforced_with_503() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    retry.expect("a slot frees up when a connection closes").assert_healthy().await;
+    retry
+        .expect("a slot frees up when a connection closes")
+        .assert_healthy()
+        .await;
 }

@@ -27,7 +27,9 @@ async fn every_acknowledged_event_survives_sigkill() {
     let mut relay = RelayProcess::spawn(&shipped_config(), &db).await;
     let keys = Keys::generate();
     let base = now() - 2000;
-    let events: Vec<Event> = (0..1000).map(|i| event(&keys, 1, &format!("durable {i}"), &[], base + i)).collect();
+    let events: Vec<Event> = (0..1000)
+        .map(|i| event(&keys, 1, &format!("durable {i}"), &[], base + i))
+        .collect();
     // Four connections, each pipelining 250 events, then collecting every OK.
     let mut tasks = Vec::new();
     for chunk in events.chunks(250) {
@@ -36,10 +38,13 @@ async fn every_acknowledged_event_survives_sigkill() {
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(&url).await;
             for event in &chunk {
-                client.send_text(format!(r#"["EVENT",{}]"#, event.as_json())).await;
+                client
+                    .send_text(format!(r#"["EVENT",{}]"#, event.as_json()))
+                    .await;
             }
             // OKs may come back in any order: collect them all.
-            let mut pending: std::collections::HashSet<String> = chunk.iter().map(|e| e.id.to_hex()).collect();
+            let mut pending: std::collections::HashSet<String> =
+                chunk.iter().map(|e| e.id.to_hex()).collect();
             while !pending.is_empty() {
                 let ok = client.recv().await;
                 assert_eq!(ok[0], "OK");
@@ -57,7 +62,14 @@ async fn every_acknowledged_event_survives_sigkill() {
     let ids: Vec<String> = events.iter().map(|e| e.id.to_hex()).collect();
     let mut found = Vec::new();
     for (n, chunk) in ids.chunks(500).enumerate() {
-        found.extend(client.req(&format!("check{n}"), vec![json!({"ids": chunk, "limit": 500})]).await);
+        found.extend(
+            client
+                .req(
+                    &format!("check{n}"),
+                    vec![json!({"ids": chunk, "limit": 500})],
+                )
+                .await,
+        );
     }
     assert_eq!(found.len(), 1000, "every acknowledged event is stored");
 }
@@ -68,7 +80,11 @@ async fn sigterm_closes_connections_and_exits_zero() {
     let mut relay = RelayProcess::spawn(&shipped_config(), &dir.path().join("term.sqlite")).await;
     let mut client = Client::connect(&relay.url).await;
     client.assert_healthy().await;
-    let status = Command::new("kill").arg("-TERM").arg(relay.child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(relay.child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     match client.recv_message().await {
         Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
@@ -79,7 +95,10 @@ async fn sigterm_closes_connections_and_exits_zero() {
         if let Some(exit) = relay.child.try_wait().unwrap() {
             break exit;
         }
-        assert!(std::time::Instant::now() < deadline, "relay did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relay did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(exit.code(), Some(0));
@@ -108,7 +127,10 @@ async fn a_peer_that_never_answers_pings_is_closed() {
             Err(_) => break,
         }
     }
-    assert!(saw_close, "the relay closed the silent peer with a close frame");
+    assert!(
+        saw_close,
+        "the relay closed the silent peer with a close frame"
+    );
     lively_task.await.unwrap();
 }
 
@@ -125,8 +147,17 @@ fn a_missing_config_file_is_an_error_that_names_it() {
 
 #[test]
 fn config_is_a_global_option() {
-    for args in [["--config", "/nonexistent/x.toml", "serve"], ["serve", "--config", "/nonexistent/x.toml"]] {
-        let output = Command::new(env!("CARGO_BIN_EXE_nostr-relayd")).args(args).output().unwrap();
-        assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/x.toml"), "{args:?}");
+    for args in [
+        ["--config", "/nonexistent/x.toml", "serve"],
+        ["serve", "--config", "/nonexistent/x.toml"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_nostr-relayd"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("/nonexistent/x.toml"),
+            "{args:?}"
+        );
     }
 }

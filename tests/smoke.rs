@@ -11,8 +11,13 @@ async fn publish_then_query_over_a_real_socket() {
     let keys = Keys::generate();
     let event = note(&keys, "hello");
     assert_eq!(client.publish(&event).await, (true, String::new()));
-    assert_eq!(client.publish(&event).await.0, true);
-    let events = client.req("s", vec![json!({"authors": [keys.public_key().to_hex()]})]).await;
+    assert_eq!(
+        client.publish(&event).await,
+        (true, "duplicate: already have this event".to_owned())
+    );
+    let events = client
+        .req("s", vec![json!({"authors": [keys.public_key().to_hex()]})])
+        .await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0], to_value(&event));
 }

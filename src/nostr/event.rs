@@ -67,7 +67,11 @@ impl Event {
             .as_u64()
             .and_then(|k| u16::try_from(k).ok())
             .ok_or_else(|| invalid("kind must be an integer from 0 to 65535"))?;
-        let tags = parse_tags(object.get("tags").ok_or_else(|| invalid("missing field tags"))?)?;
+        let tags = parse_tags(
+            object
+                .get("tags")
+                .ok_or_else(|| invalid("missing field tags"))?,
+        )?;
         let content = object
             .get("content")
             .ok_or_else(|| invalid("missing field content"))?
@@ -101,7 +105,14 @@ impl Event {
     /// The serialized array whose hash is the id.
     pub fn id_preimage(&self) -> Vec<u8> {
         let pubkey = hex::encode(self.pubkey);
-        let preimage = (0u8, pubkey, self.created_at, self.kind, &self.tags, &self.content);
+        let preimage = (
+            0u8,
+            pubkey,
+            self.created_at,
+            self.kind,
+            &self.tags,
+            &self.content,
+        );
         // Cannot fail: strings, integers and vectors of strings always serialize.
         serde_json::to_vec(&preimage).expect("serializing plain data cannot fail")
     }
@@ -223,7 +234,10 @@ impl CanonicalEvent {
     }
 }
 
-fn hex_field<const N: usize>(object: &Map<String, Value>, name: &str) -> Result<[u8; N], EventError> {
+fn hex_field<const N: usize>(
+    object: &Map<String, Value>,
+    name: &str,
+) -> Result<[u8; N], EventError> {
     let text = object
         .get(name)
         .ok_or_else(|| invalid(format!("missing field {name}")))?
@@ -333,8 +347,6 @@ mod tests {
         let mut event = Event::from_value(&sample()).unwrap();
         event.content = "\"\\\u{8}\t\n\u{c}\r\u{1}\u{1f}\u{7f}\u{2028}/é".to_owned();
         let preimage = String::from_utf8(event.id_preimage()).unwrap();
-        assert!(preimage.ends_with(
-            "\"\\\"\\\\\\b\\t\\n\\f\\r\\u0001\\u001f\u{7f}\u{2028}/é\"]"
-        ));
+        assert!(preimage.ends_with("\"\\\"\\\\\\b\\t\\n\\f\\r\\u0001\\u001f\u{7f}\u{2028}/é\"]"));
     }
 }

@@ -94,20 +94,20 @@ impl Filter {
 
     /// Whether `event` satisfies every condition (`limit` plays no part).
     pub fn matches(&self, event: &Event) -> bool {
-        if let Some(ids) = &self.ids {
-            if ids.binary_search(&event.id).is_err() {
-                return false;
-            }
+        if let Some(ids) = &self.ids
+            && ids.binary_search(&event.id).is_err()
+        {
+            return false;
         }
-        if let Some(authors) = &self.authors {
-            if authors.binary_search(&event.pubkey).is_err() {
-                return false;
-            }
+        if let Some(authors) = &self.authors
+            && authors.binary_search(&event.pubkey).is_err()
+        {
+            return false;
         }
-        if let Some(kinds) = &self.kinds {
-            if kinds.binary_search(&event.kind).is_err() {
-                return false;
-            }
+        if let Some(kinds) = &self.kinds
+            && kinds.binary_search(&event.kind).is_err()
+        {
+            return false;
         }
         if self.since.is_some_and(|since| event.created_at < since)
             || self.until.is_some_and(|until| event.created_at > until)
@@ -124,21 +124,27 @@ impl TagCondition {
     pub fn matches(&self, event: &Event) -> bool {
         let mut name = [0u8; 4];
         let name: &str = self.letter.encode_utf8(&mut name);
-        event
-            .tag_values(name)
-            .any(|value| self.values.binary_search_by(|v| v.as_str().cmp(value)).is_ok())
+        event.tag_values(name).any(|value| {
+            self.values
+                .binary_search_by(|v| v.as_str().cmp(value))
+                .is_ok()
+        })
     }
 }
 
 fn hex_list(value: &Value, key: &str) -> Result<Vec<[u8; 32]>, FilterError> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| invalid(format!("{key} must be an array of 64-character lowercase hex strings")))?;
+    let items = value.as_array().ok_or_else(|| {
+        invalid(format!(
+            "{key} must be an array of 64-character lowercase hex strings"
+        ))
+    })?;
     let mut list = items
         .iter()
         .map(|item| {
             item.as_str().and_then(decode_lower::<32>).ok_or_else(|| {
-                invalid(format!("{key} must contain 64-character lowercase hex strings"))
+                invalid(format!(
+                    "{key} must contain 64-character lowercase hex strings"
+                ))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -220,10 +226,26 @@ mod tests {
     #[test]
     fn conditions_are_anded() {
         let e = event(1, 100, json!([["t", "nostr"], ["e", "d".repeat(64)]]));
-        assert!(filter(json!({"kinds": [1], "#t": ["nostr"]})).unwrap().matches(&e));
-        assert!(!filter(json!({"kinds": [2], "#t": ["nostr"]})).unwrap().matches(&e));
-        assert!(!filter(json!({"kinds": [1], "#t": ["other"]})).unwrap().matches(&e));
-        assert!(filter(json!({"authors": ["b".repeat(64)]})).unwrap().matches(&e));
+        assert!(
+            filter(json!({"kinds": [1], "#t": ["nostr"]}))
+                .unwrap()
+                .matches(&e)
+        );
+        assert!(
+            !filter(json!({"kinds": [2], "#t": ["nostr"]}))
+                .unwrap()
+                .matches(&e)
+        );
+        assert!(
+            !filter(json!({"kinds": [1], "#t": ["other"]}))
+                .unwrap()
+                .matches(&e)
+        );
+        assert!(
+            filter(json!({"authors": ["b".repeat(64)]}))
+                .unwrap()
+                .matches(&e)
+        );
         assert!(filter(json!({"#e": ["d".repeat(64)]})).unwrap().matches(&e));
     }
 
@@ -231,7 +253,11 @@ mod tests {
     fn since_and_until_are_inclusive() {
         // NIP-01: "an event matches a filter if since <= created_at <= until holds."
         let e = event(1, 100, json!([]));
-        assert!(filter(json!({"since": 100, "until": 100})).unwrap().matches(&e));
+        assert!(
+            filter(json!({"since": 100, "until": 100}))
+                .unwrap()
+                .matches(&e)
+        );
         assert!(!filter(json!({"since": 101})).unwrap().matches(&e));
         assert!(!filter(json!({"until": 99})).unwrap().matches(&e));
     }
@@ -240,21 +266,50 @@ mod tests {
     fn empty_lists_and_inverted_ranges_match_nothing() {
         assert!(filter(json!({"ids": []})).unwrap().is_unsatisfiable());
         assert!(filter(json!({"#t": []})).unwrap().is_unsatisfiable());
-        assert!(filter(json!({"since": 5, "until": 4})).unwrap().is_unsatisfiable());
+        assert!(
+            filter(json!({"since": 5, "until": 4}))
+                .unwrap()
+                .is_unsatisfiable()
+        );
         assert!(!filter(json!({})).unwrap().is_unsatisfiable());
         assert!(!filter(json!({}).clone()).unwrap().is_unsatisfiable());
-        assert!(!filter(json!({"ids": []})).unwrap().matches(&event(1, 1, json!([]))));
+        assert!(
+            !filter(json!({"ids": []}))
+                .unwrap()
+                .matches(&event(1, 1, json!([])))
+        );
     }
 
     #[test]
     fn bad_values_are_invalid_and_unknown_keys_unsupported() {
-        assert!(matches!(filter(json!({"ids": ["abc"]})), Err(FilterError::Invalid(_))));
-        assert!(matches!(filter(json!({"#p": ["xyz"]})), Err(FilterError::Invalid(_))));
-        assert!(matches!(filter(json!({"kinds": [1.5]})), Err(FilterError::Invalid(_))));
-        assert!(matches!(filter(json!({"kinds": [-1]})), Err(FilterError::Invalid(_))));
-        assert!(matches!(filter(json!({"limit": "5"})), Err(FilterError::Invalid(_))));
-        assert!(matches!(filter(json!({"search": "x"})), Err(FilterError::Unsupported(_))));
-        assert!(matches!(filter(json!({"#ab": ["x"]})), Err(FilterError::Unsupported(_))));
+        assert!(matches!(
+            filter(json!({"ids": ["abc"]})),
+            Err(FilterError::Invalid(_))
+        ));
+        assert!(matches!(
+            filter(json!({"#p": ["xyz"]})),
+            Err(FilterError::Invalid(_))
+        ));
+        assert!(matches!(
+            filter(json!({"kinds": [1.5]})),
+            Err(FilterError::Invalid(_))
+        ));
+        assert!(matches!(
+            filter(json!({"kinds": [-1]})),
+            Err(FilterError::Invalid(_))
+        ));
+        assert!(matches!(
+            filter(json!({"limit": "5"})),
+            Err(FilterError::Invalid(_))
+        ));
+        assert!(matches!(
+            filter(json!({"search": "x"})),
+            Err(FilterError::Unsupported(_))
+        ));
+        assert!(matches!(
+            filter(json!({"#ab": ["x"]})),
+            Err(FilterError::Unsupported(_))
+        ));
         assert!(matches!(filter(json!([])), Err(FilterError::Invalid(_))));
         // Any letter works, and non-hex values are fine outside #e / #p.
         assert!(filter(json!({"#Z": ["anything"]})).is_ok());

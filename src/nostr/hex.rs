@@ -17,7 +17,8 @@ pub fn decode_lower<const N: usize>(text: &str) -> Option<[u8; N]> {
 
 /// True when every character is one of `0-9a-f`.
 pub fn is_lower_hex(text: &str) -> bool {
-    text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// True for a 64-character lowercase hex string: the shape of ids and pubkeys,

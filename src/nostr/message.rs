@@ -12,7 +12,6 @@ use serde_json::value::RawValue;
 
 use super::event::Event;
 use super::filter::Filter;
-use super::hex::is_hex32;
 
 /// A well-formed message from a client.
 #[derive(Debug)]
@@ -21,7 +20,10 @@ pub enum ClientMessage {
     /// signature are not yet checked.
     Event(Box<Event>),
     /// `["REQ", <subscription id>, <filter>, …]`.
-    Req { sub_id: String, filters: Vec<Filter> },
+    Req {
+        sub_id: String,
+        filters: Vec<Filter>,
+    },
     /// `["CLOSE", <subscription id>]`.
     Close { sub_id: String },
 }
@@ -59,10 +61,15 @@ impl ClientMessage {
             };
             Rejection::Notice(format!("invalid: {what} ({error})"))
         })?;
-        let verb: &str = match items.first().map(|raw| serde_json::from_str::<&str>(raw.get())) {
+        let verb: &str = match items
+            .first()
+            .map(|raw| serde_json::from_str::<&str>(raw.get()))
+        {
             Some(Ok(verb)) => verb,
             Some(Err(_)) => {
-                return Err(notice_invalid("the first element must be the message type as a plain string"));
+                return Err(notice_invalid(
+                    "the first element must be the message type as a plain string",
+                ));
             }
             None => return Err(notice_invalid("empty message array")),
         };
@@ -73,10 +80,15 @@ impl ClientMessage {
                 if items.len() != 2 {
                     return Err(notice_invalid("CLOSE takes exactly one subscription id"));
                 }
-                Ok(ClientMessage::Close { sub_id: sub_id(items[1])? })
+                Ok(ClientMessage::Close {
+                    sub_id: sub_id(items[1])?,
+                })
             }
             "COUNT" => Err(Rejection::Closed {
-                sub_id: items.get(1).and_then(|raw| sub_id(raw).ok()).unwrap_or_default(),
+                sub_id: items
+                    .get(1)
+                    .and_then(|raw| sub_id(raw).ok())
+                    .unwrap_or_default(),
                 reason: "unsupported: COUNT (NIP-45) is not supported by this relay".into(),
             }),
             other => Err(Rejection::Notice(format!(
@@ -93,10 +105,16 @@ fn parse_event(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
     }
     let raw = items[1].get();
     let value: Value = serde_json::from_str(raw).map_err(|error| {
-        reject_event(probe_id(raw), format!("invalid: event is not valid JSON ({error})"))
+        reject_event(
+            probe_id(raw),
+            format!("invalid: event is not valid JSON ({error})"),
+        )
     })?;
     let event = Event::from_value(&value).map_err(|error| {
-        let id = value.get("id").and_then(Value::as_str).filter(|id| is_hex32(id));
+        let id = value
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| echoable_id(id));
         reject_event(id.map(str::to_owned), format!("invalid: {error}"))
     })?;
     Ok(ClientMessage::Event(Box::new(event)))
@@ -104,7 +122,9 @@ fn parse_event(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
 
 fn parse_req(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
     if items.len() < 2 {
-        return Err(notice_invalid("REQ needs a subscription id and at least one filter"));
+        return Err(notice_invalid(
+            "REQ needs a subscription id and at least one filter",
+        ));
     }
     let sub_id = sub_id(items[1])?;
     if items.len() < 3 {
@@ -121,7 +141,10 @@ fn parse_req(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
             Filter::from_value(&value).map_err(|error| error.to_string())
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|reason| Rejection::Closed { sub_id: sub_id.clone(), reason })?;
+        .map_err(|reason| Rejection::Closed {
+            sub_id: sub_id.clone(),
+            reason,
+        })?;
     Ok(ClientMessage::Req { sub_id, filters })
 }
 
@@ -140,7 +163,14 @@ fn probe_id(raw: &str) -> Option<String> {
     serde_json::from_str::<IdOnly>(raw)
         .ok()
         .and_then(|probe| probe.id)
-        .filter(|id| is_hex32(id))
+        .filter(|id| echoable_id(id))
+}
+
+/// NIP-01: "OK messages MUST be sent in response to EVENT messages". A
+/// client waits for the OK naming the id it sent, so a malformed id (say,
+/// uppercase) is echoed as sent, as long as it is a short string.
+fn echoable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128
 }
 
 fn reject_event(event_id: Option<String>, reason: String) -> Rejection {
@@ -244,7 +274,10 @@ mod tests {
     #[test]
     fn frames_are_exact() {
         assert_eq!(ok("ab", true, ""), r#"["OK","ab",true,""]"#);
-        assert_eq!(closed("s\"1", "error: x"), r#"["CLOSED","s\"1","error: x"]"#);
+        assert_eq!(
+            closed("s\"1", "error: x"),
+            r#"["CLOSED","s\"1","error: x"]"#
+        );
         assert_eq!(eose(&quote("s")), r#"["EOSE","s"]"#);
         assert_eq!(event_frame(&quote("s"), "{}"), r#"["EVENT","s",{}]"#);
     }

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::Shared;
 use crate::fanout::{Delivery, Mailbox, Overflow, SubscriptionKey};
 use crate::nostr::message::{self, quote};
-use crate::nostr::{ClientMessage, Filter};
+use crate::nostr::{ClientMessage, Filter, Rejection};
 use crate::shutdown::Shutdown;
 use crate::store::{QueryResult, StoreError};
 
@@ -38,7 +38,11 @@ enum Reply {
     /// A ready frame (an `OK`).
     Frame(String),
     /// A REQ's stored events are ready.
-    Stored { sub_id: String, generation: u64, result: Result<QueryResult, StoreError> },
+    Stored {
+        sub_id: String,
+        generation: u64,
+        result: Result<QueryResult, StoreError>,
+    },
 }
 
 /// Where a subscription stands relative to its EOSE.
@@ -81,11 +85,18 @@ struct Session {
 
 /// Serves one upgraded WebSocket until either side closes it or the relay
 /// shuts down.
-pub async fn serve(socket: Socket, shared: Arc<Shared>, peer: SocketAddr, mut shutdown: Shutdown, done: mpsc::Sender<()>) {
+pub async fn serve(
+    socket: Socket,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    mut shutdown: Shutdown,
+    done: mpsc::Sender<()>,
+) {
     let (sink, mut stream) = socket.split();
     let network = &shared.config.network;
     let (mailbox, mut deliveries, overflow) = Mailbox::new(network.send_queue_events);
-    let (replies, mut reply_queue) = mpsc::channel(network.max_events_in_flight + shared.config.limits.max_subscriptions);
+    let (replies, mut reply_queue) =
+        mpsc::channel(network.max_events_in_flight + shared.config.limits.max_subscriptions);
     let ping_period = Duration::from_secs(network.ping_interval_seconds.max(1));
     let mut session = Session {
         events_in_flight: Arc::new(Semaphore::new(network.max_events_in_flight)),
@@ -129,7 +140,10 @@ pub async fn serve(socket: Socket, shared: Arc<Shared>, peer: SocketAddr, mut sh
         }
     };
     if let Exit::Close(code, reason) = exit {
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
         let _ = session.sink.send(Message::Close(Some(frame))).await;
     }
     let _ = session.sink.close().await;
@@ -151,7 +165,8 @@ impl Session {
             None => Err(Exit::Quietly),
             Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
-                let notice = message::notice("invalid: binary messages are not supported; send JSON text");
+                let notice =
+                    message::notice("invalid: binary messages are not supported; send JSON text");
                 self.send_text(notice).await
             }
             // tungstenite answers pings itself; pongs are handled by the caller.
@@ -161,7 +176,10 @@ impl Session {
                 let _ = self.sink.flush().await;
                 Err(Exit::Quietly)
             }
-            Some(Err(WsError::Utf8(_))) => Err(Exit::Close(CloseCode::Invalid, "invalid UTF-8 in a text frame")),
+            Some(Err(WsError::Utf8(_))) => Err(Exit::Close(
+                CloseCode::Invalid,
+                "invalid UTF-8 in a text frame",
+            )),
             Some(Err(WsError::Capacity(_))) => Err(Exit::Close(CloseCode::Size, "message too big")),
             Some(Err(error)) => {
                 tracing::debug!(peer = %self.peer, %error, "websocket read error");
@@ -178,7 +196,14 @@ impl Session {
                 self.close_subscription(&sub_id);
                 Ok(())
             }
-            Err(rejection) => self.send_text(rejection.to_frame()).await,
+            Err(rejection) => {
+                // NIP-01: CLOSED means the subscription "was ended on the server
+                // side", so a refused REQ also ends an open one with that id.
+                if let Rejection::Closed { sub_id, .. } = &rejection {
+                    self.close_subscription(sub_id);
+                }
+                self.send_text(rejection.to_frame()).await
+            }
         }
     }
 
@@ -195,7 +220,13 @@ impl Session {
             let id = event.id_hex();
             let verdict = shared.ingester.ingest(event).await;
             drop(permit);
-            let _ = replies.send(Reply::Frame(message::ok(&id, verdict.accepted, &verdict.reason))).await;
+            let _ = replies
+                .send(Reply::Frame(message::ok(
+                    &id,
+                    verdict.accepted,
+                    &verdict.reason,
+                )))
+                .await;
             drop(done);
         });
         Ok(())
@@ -206,21 +237,36 @@ impl Session {
         let refusal = if sub_id.is_empty() {
             Some("invalid: subscription id must not be empty".to_owned())
         } else if sub_id.chars().count() > limits.max_subid_length {
-            Some(format!("invalid: subscription id is longer than {} characters", limits.max_subid_length))
+            Some(format!(
+                "invalid: subscription id is longer than {} characters",
+                limits.max_subid_length
+            ))
         } else if filters.len() > limits.max_filters {
-            Some(format!("blocked: too many filters in one REQ (max {})", limits.max_filters))
-        } else if !self.subscriptions.contains_key(&sub_id) && self.subscriptions.len() >= limits.max_subscriptions {
-            Some(format!("blocked: too many subscriptions (max {})", limits.max_subscriptions))
+            Some(format!(
+                "blocked: too many filters in one REQ (max {})",
+                limits.max_filters
+            ))
+        } else if !self.subscriptions.contains_key(&sub_id)
+            && self.subscriptions.len() >= limits.max_subscriptions
+        {
+            Some(format!(
+                "blocked: too many subscriptions (max {})",
+                limits.max_subscriptions
+            ))
         } else {
             None
         };
+        // A REQ with an id already open replaces that subscription; a refused
+        // one ends it (CLOSED says the subscription is over).
+        self.close_subscription(&sub_id);
         if let Some(reason) = refusal {
             return self.send_text(message::closed(&sub_id, &reason)).await;
         }
-        // A REQ with an id already open replaces that subscription.
-        self.close_subscription(&sub_id);
         let filters: Arc<[Filter]> = filters.into();
-        let key = self.shared.fanout.subscribe(self.mailbox.clone(), filters.clone());
+        let key = self
+            .shared
+            .fanout
+            .subscribe(self.mailbox.clone(), filters.clone());
         self.next_generation += 1;
         let generation = self.next_generation;
         let query_limits = self.shared.query_limits;
@@ -233,19 +279,35 @@ impl Session {
             let eose = message::eose(&quoted_id);
             self.subscriptions.insert(
                 sub_id,
-                Subscription { key, quoted_id, generation, phase: Phase::Live { snapshot: 0 } },
+                Subscription {
+                    key,
+                    quoted_id,
+                    generation,
+                    phase: Phase::Live { snapshot: 0 },
+                },
             );
             return self.send_text(eose).await;
         }
         self.subscriptions.insert(
             sub_id.clone(),
-            Subscription { key, quoted_id, generation, phase: Phase::Loading { buffer: Vec::new() } },
+            Subscription {
+                key,
+                quoted_id,
+                generation,
+                phase: Phase::Loading { buffer: Vec::new() },
+            },
         );
         let store = self.shared.store.clone();
         let replies = self.replies.clone();
         tokio::spawn(async move {
             let result = store.query(filters, query_limits).await;
-            let _ = replies.send(Reply::Stored { sub_id, generation, result }).await;
+            let _ = replies
+                .send(Reply::Stored {
+                    sub_id,
+                    generation,
+                    result,
+                })
+                .await;
         });
         Ok(())
     }
@@ -253,13 +315,26 @@ impl Session {
     async fn on_reply(&mut self, reply: Reply) -> Result<(), Exit> {
         match reply {
             Reply::Frame(frame) => self.send_text(frame).await,
-            Reply::Stored { sub_id, generation, result } => self.on_stored(sub_id, generation, result).await,
+            Reply::Stored {
+                sub_id,
+                generation,
+                result,
+            } => self.on_stored(sub_id, generation, result).await,
         }
     }
 
     /// Sends a REQ's stored events, EOSE, then what arrived live meanwhile.
-    async fn on_stored(&mut self, sub_id: String, generation: u64, result: Result<QueryResult, StoreError>) -> Result<(), Exit> {
-        let Some(subscription) = self.subscriptions.get_mut(&sub_id).filter(|s| s.generation == generation) else {
+    async fn on_stored(
+        &mut self,
+        sub_id: String,
+        generation: u64,
+        result: Result<QueryResult, StoreError>,
+    ) -> Result<(), Exit> {
+        let Some(subscription) = self
+            .subscriptions
+            .get_mut(&sub_id)
+            .filter(|s| s.generation == generation)
+        else {
             return Ok(()); // closed or replaced meanwhile
         };
         let result = match result {
@@ -267,7 +342,9 @@ impl Session {
             Err(error) => {
                 tracing::warn!(peer = %self.peer, %error, "query failed");
                 self.close_subscription(&sub_id);
-                return self.send_text(message::closed(&sub_id, &format!("error: {error}"))).await;
+                return self
+                    .send_text(message::closed(&sub_id, &format!("error: {error}")))
+                    .await;
             }
         };
         let snapshot = result.snapshot;
@@ -281,13 +358,17 @@ impl Session {
         }
         self.feed(message::eose(&quoted_id)).await?;
         for delivery in buffered.iter().filter(|d| is_after(d, snapshot)) {
-            self.feed(message::event_frame(&quoted_id, &delivery.event.json)).await?;
+            self.feed(message::event_frame(&quoted_id, &delivery.event.json))
+                .await?;
         }
         self.sink.flush().await.map_err(|_| Exit::Quietly)
     }
 
     async fn feed(&mut self, text: String) -> Result<(), Exit> {
-        self.sink.feed(Message::text(text)).await.map_err(|_| Exit::Quietly)
+        self.sink
+            .feed(Message::text(text))
+            .await
+            .map_err(|_| Exit::Quietly)
     }
 
     async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), Exit> {
@@ -324,7 +405,9 @@ impl Session {
             return Ok(());
         }
         tracing::info!(peer = %self.peer, "dropping a connection too slow to keep up with its live events");
-        let notice = message::notice("error: this connection is too slow to keep up with its subscriptions; closing");
+        let notice = message::notice(
+            "error: this connection is too slow to keep up with its subscriptions; closing",
+        );
         let _ = self.send_text(notice).await;
         Err(Exit::Close(CloseCode::Policy, "too slow"))
     }

@@ -33,21 +33,29 @@ pub async fn handle(
     done: mpsc::Sender<()>,
 ) -> Result<Response<Body>, Infallible> {
     let Some(slot) = slot else {
-        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later\n"));
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections, try again later\n",
+        ));
     };
     if request.uri().path() != "/" {
         return Ok(plain(StatusCode::NOT_FOUND, "not found\n"));
     }
     if request.method() == Method::OPTIONS {
-        return Ok(with_cors(Response::builder().status(StatusCode::NO_CONTENT))
-            .body(Body::default())
-            .unwrap_or_default());
+        return Ok(
+            with_cors(Response::builder().status(StatusCode::NO_CONTENT))
+                .body(Body::default())
+                .unwrap_or_default(),
+        );
     }
     if is_websocket_upgrade(&request) {
         return Ok(upgrade(request, shared, peer, slot, shutdown, done));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+        ));
     }
     let wants_nip11 = request
         .headers()
@@ -62,7 +70,10 @@ pub async fn handle(
             .unwrap_or_default();
         return Ok(response);
     }
-    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     let page = info::home_page(&shared.config, host);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
@@ -80,7 +91,9 @@ fn is_websocket_upgrade(request: &Request<Incoming>) -> bool {
             .flat_map(|v| v.split(','))
             .any(|v| v.trim().eq_ignore_ascii_case(token))
     };
-    request.method() == Method::GET && has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+    request.method() == Method::GET
+        && has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
 }
 
 fn upgrade(
@@ -91,12 +104,22 @@ fn upgrade(
     shutdown: Shutdown,
     done: mpsc::Sender<()>,
 ) -> Response<Body> {
-    let version_ok = request.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) == Some(b"13");
-    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| version_ok) else {
+    let version_ok = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        == Some(b"13");
+    let Some(key) = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| version_ok)
+    else {
         return Response::builder()
             .status(StatusCode::UPGRADE_REQUIRED)
             .header(header::SEC_WEBSOCKET_VERSION, "13")
-            .body(Body::from("WebSocket version 13 with a Sec-WebSocket-Key is required\n"))
+            .body(Body::from(
+                "WebSocket version 13 with a Sec-WebSocket-Key is required\n",
+            ))
             .unwrap_or_default();
     };
     let accept = derive_accept_key(key.as_bytes());

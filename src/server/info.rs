@@ -63,7 +63,10 @@ pub fn home_page(config: &Config, host: Option<&str>) -> String {
             .replace('>', "&gt;")
             .replace('"', "&quot;")
     };
-    let address = host.map_or_else(|| "this address".to_owned(), |h| format!("wss://{}/", escape(h)));
+    let address = host.map_or_else(
+        || "this address".to_owned(),
+        |h| format!("wss://{}/", escape(h)),
+    );
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name}</title></head>\n<body>\n<h1>{name}</h1>\n<p>{description}</p>\n<p>This is a <a href=\"https://github.com/nostr-protocol/nips\">Nostr</a> relay. Add <code>{address}</code> to your Nostr client's relay list to use it.</p>\n<p>Relay information (NIP-11): request this page with <code>Accept: application/nostr+json</code>.</p>\n<p>Running nostr-relayd {version}.</p>\n</body></html>\n",
         name = escape(&config.info.name),

@@ -18,7 +18,12 @@ use crate::shutdown::Shutdown;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts until shutdown. Each connection gets a task holding `done`.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown, done: mpsc::Sender<()>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+    done: mpsc::Sender<()>,
+) {
     let slots = Arc::new(Semaphore::new(shared.config.network.max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -52,7 +57,14 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdow
         let done = done.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                http::handle(request, shared.clone(), peer, slot.clone(), shutdown.clone(), done.clone())
+                http::handle(
+                    request,
+                    shared.clone(),
+                    peer,
+                    slot.clone(),
+                    shutdown.clone(),
+                    done.clone(),
+                )
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())

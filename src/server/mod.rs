@@ -90,13 +90,22 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             }
         }),
     )
-    .map_err(|e| StartError(format!("cannot open database {}: {e}", config.database.display())))?;
+    .map_err(|e| {
+        StartError(format!(
+            "cannot open database {}: {e}",
+            config.database.display()
+        ))
+    })?;
     let store = Arc::new(store);
-    let addr = config.listen_addr().map_err(|e| StartError(e.to_string()))?;
+    let addr = config
+        .listen_addr()
+        .map_err(|e| StartError(e.to_string()))?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
-    let local_addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
     let verifier = WorkerPool::start("verify", vec![(); config.verify_threads()])
         .map_err(|e| StartError(e.to_string()))?;
     let max_message = config.limits.max_message_length;
@@ -125,7 +134,11 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
     let (trigger, shutdown) = shutdown::channel();
     tracing::info!(%local_addr, database = %shared.config.database.display(), "relay listening");
     let task = tokio::spawn(run(listener, shared, shutdown));
-    Ok(RunningRelay { local_addr, trigger, task })
+    Ok(RunningRelay {
+        local_addr,
+        trigger,
+        task,
+    })
 }
 
 /// Serves until shutdown, then drains in order: connections, writer.
@@ -135,7 +148,10 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let sweeper = tokio::spawn(sweep_expired(shared.clone(), shutdown.clone()));
     listener::accept_loop(listener, shared.clone(), shutdown, done).await;
-    if tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), all_done.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open 10 s after shutdown; stopping anyway");
     }
     sweeper.abort();

@@ -20,8 +20,8 @@ use crate::config::Durability;
 use crate::nostr::{CanonicalEvent, Filter};
 use crate::worker_pool::WorkerPool;
 pub use query::{QueryLimits, QueryResult};
-pub use writer::{CommitHook, Committed};
 use writer::WriteJob;
+pub use writer::{CommitHook, Committed};
 
 /// What became of an event handed to the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,11 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, applies migrations,
     /// and starts the writer and readers. `on_commit` sees every committed
     /// event, in commit order.
-    pub fn open(path: &Path, options: &StoreOptions, on_commit: CommitHook) -> Result<Store, StoreError> {
+    pub fn open(
+        path: &Path,
+        options: &StoreOptions,
+        on_commit: CommitHook,
+    ) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
@@ -110,7 +114,8 @@ impl Store {
         let readers = (0..options.reader_threads)
             .map(|_| open_connection(path, options.durability, true))
             .collect::<Result<Vec<_>, _>>()?;
-        let readers = WorkerPool::start("reader", readers).map_err(|e| StoreError::Other(e.to_string()))?;
+        let readers =
+            WorkerPool::start("reader", readers).map_err(|e| StoreError::Other(e.to_string()))?;
         let (writer, jobs) = crossbeam_channel::unbounded();
         let max_batch = options.max_write_batch;
         let writer_thread = std::thread::Builder::new()
@@ -151,10 +156,16 @@ impl Store {
     }
 
     /// Answers a REQ's filters within the query time budget.
-    pub async fn query(&self, filters: Arc<[Filter]>, limits: QueryLimits) -> Result<QueryResult, StoreError> {
+    pub async fn query(
+        &self,
+        filters: Arc<[Filter]>,
+        limits: QueryLimits,
+    ) -> Result<QueryResult, StoreError> {
         let deadline = Instant::now() + self.query_timeout;
         self.readers
-            .run(move |conn| query::run(conn, &filters, limits, unix_now(), deadline).map_err(StoreError::from))
+            .run(move |conn| {
+                query::run(conn, &filters, limits, unix_now(), deadline).map_err(StoreError::from)
+            })
             .await
             .map_err(|_| StoreError::Closed)?
     }
@@ -163,7 +174,11 @@ impl Store {
     pub async fn purge_expired(&self, batch: usize) -> Result<usize, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.writer
-            .send(WriteJob::PurgeExpired { now: unix_now(), batch, reply })
+            .send(WriteJob::PurgeExpired {
+                now: unix_now(),
+                batch,
+                reply,
+            })
             .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
     }
@@ -171,7 +186,11 @@ impl Store {
     /// Lets the writer finish every queued job, then stops it. Blocks.
     pub fn close(&self) {
         let _ = self.writer.send(WriteJob::Stop);
-        let handle = self.writer_thread.lock().map(|mut h| h.take()).unwrap_or(None);
+        let handle = self
+            .writer_thread
+            .lock()
+            .map(|mut h| h.take())
+            .unwrap_or(None);
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -179,11 +198,17 @@ impl Store {
 }
 
 /// Opens one connection with the pragmas every connection shares.
-pub(crate) fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(
+    path: &Path,
+    durability: Durability,
+    read_only: bool,
+) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(5))?;

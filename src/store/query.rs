@@ -36,7 +36,10 @@ pub struct QueryLimits {
 impl QueryLimits {
     /// The number of stored events a filter may return.
     pub fn effective(&self, filter: &Filter) -> u64 {
-        filter.limit.unwrap_or(self.default_limit).min(self.max_limit)
+        filter
+            .limit
+            .unwrap_or(self.default_limit)
+            .min(self.max_limit)
     }
 }
 
@@ -80,7 +83,11 @@ fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
     }
     if let Some(authors) = &filter.authors {
         covered.authors = true;
-        if let Some(kinds) = filter.kinds.as_ref().filter(|k| authors.len() * k.len() <= MAX_PAIRS) {
+        if let Some(kinds) = filter
+            .kinds
+            .as_ref()
+            .filter(|k| authors.len() * k.len() <= MAX_PAIRS)
+        {
             covered.kinds = true;
             let ranges = authors
                 .iter()
@@ -88,7 +95,10 @@ fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
                 .collect();
             return (ranges, covered);
         }
-        return (authors.iter().map(|a| RangeKey::Author(*a)).collect(), covered);
+        return (
+            authors.iter().map(|a| RangeKey::Author(*a)).collect(),
+            covered,
+        );
     }
     if let Some(condition) = filter.tags.iter().min_by_key(|c| c.values.len()) {
         covered.tag = Some(condition.letter);
@@ -102,12 +112,20 @@ fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
             let ranges = condition
                 .values
                 .iter()
-                .flat_map(|v| kinds.iter().map(move |k| RangeKey::TagKind(letter, v.clone(), *k)))
+                .flat_map(|v| {
+                    kinds
+                        .iter()
+                        .map(move |k| RangeKey::TagKind(letter, v.clone(), *k))
+                })
                 .collect();
             return (ranges, covered);
         }
         return (
-            condition.values.iter().map(|v| RangeKey::Tag(letter, v.clone())).collect(),
+            condition
+                .values
+                .iter()
+                .map(|v| RangeKey::Tag(letter, v.clone()))
+                .collect(),
             covered,
         );
     }
@@ -135,12 +153,21 @@ impl Sql {
 /// limited. Time bounds and the limit are its last three parameters so that
 /// the tie query can reuse it.
 fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql {
-    let mut sql = Sql { text: String::new(), params: Vec::new() };
+    let mut sql = Sql {
+        text: String::new(),
+        params: Vec::new(),
+    };
     let (head, time_column) = match key {
         RangeKey::Tag(..) | RangeKey::TagKind(..) => {
-            let index = if matches!(key, RangeKey::Tag(..)) { "tag_value_time" } else { "tag_value_kind_time" };
+            let index = if matches!(key, RangeKey::Tag(..)) {
+                "tag_value_time"
+            } else {
+                "tag_value_kind_time"
+            };
             (
-                format!("SELECT t.event_seq, t.created_at FROM tag t INDEXED BY {index} CROSS JOIN event e ON e.seq = t.event_seq WHERE "),
+                format!(
+                    "SELECT t.event_seq, t.created_at FROM tag t INDEXED BY {index} CROSS JOIN event e ON e.seq = t.event_seq WHERE "
+                ),
                 "t.created_at",
             )
         }
@@ -152,7 +179,10 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
                 RangeKey::Kind(_) => "event_kind_time",
                 _ => "event_time",
             };
-            (format!("SELECT e.seq, e.created_at FROM event e INDEXED BY {index} WHERE "), "e.created_at")
+            (
+                format!("SELECT e.seq, e.created_at FROM event e INDEXED BY {index} WHERE "),
+                "e.created_at",
+            )
         }
     };
     sql.text.push_str(&head);
@@ -163,7 +193,9 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
             conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec())));
             conditions.push(format!("e.kind = {}", sql.param(*kind)));
         }
-        RangeKey::Author(author) => conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec()))),
+        RangeKey::Author(author) => {
+            conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec())))
+        }
         RangeKey::Kind(kind) => conditions.push(format!("e.kind = {}", sql.param(*kind))),
         RangeKey::Tag(letter, value) | RangeKey::TagKind(letter, value, _) => {
             conditions.push(format!("t.name = {}", sql.param(letter.to_string())));
@@ -174,28 +206,31 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
         }
         RangeKey::Everything => {}
     }
-    if !covered.authors {
-        if let Some(authors) = &filter.authors {
-            let list: Vec<SqlValue> = authors.iter().map(|a| SqlValue::Blob(a.to_vec())).collect();
-            conditions.push(format!("e.pubkey IN rarray({})", sql.param(Rc::new(list))));
-        }
+    if let Some(authors) = filter.authors.as_ref().filter(|_| !covered.authors) {
+        let list: Vec<SqlValue> = authors.iter().map(|a| SqlValue::Blob(a.to_vec())).collect();
+        conditions.push(format!("e.pubkey IN rarray({})", sql.param(Rc::new(list))));
     }
-    if !covered.kinds {
-        if let Some(kinds) = &filter.kinds {
-            let list: Vec<SqlValue> = kinds.iter().map(|k| SqlValue::Integer(i64::from(*k))).collect();
-            conditions.push(format!("e.kind IN rarray({})", sql.param(Rc::new(list))));
-        }
+    if let Some(kinds) = filter.kinds.as_ref().filter(|_| !covered.kinds) {
+        let list: Vec<SqlValue> = kinds
+            .iter()
+            .map(|k| SqlValue::Integer(i64::from(*k)))
+            .collect();
+        conditions.push(format!("e.kind IN rarray({})", sql.param(Rc::new(list))));
     }
     for condition in filter.tags.iter().filter(|c| Some(c.letter) != covered.tag) {
         conditions.push(tag_exists(&mut sql, condition));
     }
-    conditions.push(format!("(e.expires_at IS NULL OR e.expires_at > {})", sql.param(now)));
+    conditions.push(format!(
+        "(e.expires_at IS NULL OR e.expires_at > {})",
+        sql.param(now)
+    ));
     let since = sql.param(filter.since.unwrap_or(0));
     let until = sql.param(filter.until.unwrap_or(i64::MAX));
     conditions.push(format!("{time_column} BETWEEN {since} AND {until}"));
     sql.text.push_str(&conditions.join(" AND "));
     let limit = sql.param(0i64);
-    sql.text.push_str(&format!(" ORDER BY {time_column} DESC LIMIT {limit}"));
+    sql.text
+        .push_str(&format!(" ORDER BY {time_column} DESC LIMIT {limit}"));
     sql
 }
 
@@ -203,7 +238,9 @@ fn tag_exists(sql: &mut Sql, condition: &TagCondition) -> String {
     let name = sql.param(condition.letter.to_string());
     let values: Vec<SqlValue> = condition.values.iter().map(|v| tag_value(v)).collect();
     let values = sql.param(Rc::new(values));
-    format!("EXISTS (SELECT 1 FROM tag x WHERE x.event_seq = e.seq AND x.name = {name} AND x.value IN rarray({values}))")
+    format!(
+        "EXISTS (SELECT 1 FROM tag x WHERE x.event_seq = e.seq AND x.name = {name} AND x.value IN rarray({values}))"
+    )
 }
 
 /// A row found by a range: enough to merge and cut before loading JSON.
@@ -220,34 +257,50 @@ fn read_range(conn: &Connection, mut sql: Sql, limit: u64) -> rusqlite::Result<V
     sql.params[count - 1] = Box::new(limit as i64);
     let read = |stmt: &mut rusqlite::CachedStatement<'_>, params: &[Box<dyn ToSql>]| {
         stmt.query_map(params_from_iter(params.iter()), |row| {
-            Ok(Candidate { seq: row.get(0)?, created_at: row.get(1)? })
+            Ok(Candidate {
+                seq: row.get(0)?,
+                created_at: row.get(1)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()
     };
     let mut rows = read(&mut stmt, &sql.params)?;
-    if rows.len() as u64 == limit {
-        if let Some(last) = rows.last().copied() {
-            // The ties at the cut: same statement, one-second window, no limit.
-            sql.params[count - 3] = Box::new(last.created_at);
-            sql.params[count - 2] = Box::new(last.created_at);
-            sql.params[count - 1] = Box::new(-1i64);
-            rows.retain(|row| row.created_at != last.created_at);
-            rows.extend(read(&mut stmt, &sql.params)?);
-        }
+    if rows.len() as u64 == limit
+        && let Some(last) = rows.last().copied()
+    {
+        // The ties at the cut: same statement, one-second window, no limit.
+        sql.params[count - 3] = Box::new(last.created_at);
+        sql.params[count - 2] = Box::new(last.created_at);
+        sql.params[count - 1] = Box::new(-1i64);
+        rows.retain(|row| row.created_at != last.created_at);
+        rows.extend(read(&mut stmt, &sql.params)?);
     }
     Ok(rows)
 }
 
 /// The candidates of one filter: its newest `limit`, plus ties at the cut.
-fn filter_candidates(conn: &Connection, filter: &Filter, limit: u64, now: i64) -> rusqlite::Result<Vec<Candidate>> {
+fn filter_candidates(
+    conn: &Connection,
+    filter: &Filter,
+    limit: u64,
+    now: i64,
+) -> rusqlite::Result<Vec<Candidate>> {
     let (ranges, covered) = plan(filter);
     let mut found: HashSet<Candidate> = HashSet::new();
     for key in &ranges {
-        found.extend(read_range(conn, range_sql(key, filter, covered, now), limit)?);
+        found.extend(read_range(
+            conn,
+            range_sql(key, filter, covered, now),
+            limit,
+        )?);
     }
     let mut found: Vec<Candidate> = found.into_iter().collect();
-    found.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at));
-    if let Some(cut) = usize::try_from(limit).ok().and_then(|l| found.get(l.checked_sub(1)?)).copied() {
+    found.sort_unstable_by_key(|c| std::cmp::Reverse(c.created_at));
+    if let Some(cut) = usize::try_from(limit)
+        .ok()
+        .and_then(|l| found.get(l.checked_sub(1)?))
+        .copied()
+    {
         found.retain(|c| c.created_at >= cut.created_at);
     }
     Ok(found)
@@ -270,13 +323,21 @@ pub fn run(
     Ok(result)
 }
 
-fn run_in_snapshot(conn: &Connection, filters: &[Filter], limits: QueryLimits, now: i64) -> rusqlite::Result<QueryResult> {
+fn run_in_snapshot(
+    conn: &Connection,
+    filters: &[Filter],
+    limits: QueryLimits,
+    now: i64,
+) -> rusqlite::Result<QueryResult> {
     // One read transaction: the snapshot number and the rows come from the
     // same database state. It spans this one REQ only, so it never starves
     // WAL checkpoints.
     let tx = conn.unchecked_transaction()?;
-    let snapshot: i64 = tx
-        .query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event'), 0)", [], |row| row.get(0))?;
+    let snapshot: i64 = tx.query_row(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event'), 0)",
+        [],
+        |row| row.get(0),
+    )?;
     let mut per_filter = Vec::with_capacity(filters.len());
     for filter in filters {
         let limit = limits.effective(filter);
@@ -289,15 +350,16 @@ fn run_in_snapshot(conn: &Connection, filters: &[Filter], limits: QueryLimits, n
     {
         let mut load = tx.prepare_cached("SELECT id, json FROM event WHERE seq = ?1")?;
         for candidate in per_filter.iter().flat_map(|(_, c)| c) {
-            if !rows.contains_key(&candidate.seq) {
-                let row = load.query_row([candidate.seq], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                rows.insert(candidate.seq, row);
+            if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(candidate.seq) {
+                slot.insert(load.query_row([candidate.seq], |row| Ok((row.get(0)?, row.get(1)?)))?);
             }
         }
     }
     tx.finish()?;
     let order = |a: &Candidate, b: &Candidate| {
-        b.created_at.cmp(&a.created_at).then_with(|| rows[&a.seq].0.cmp(&rows[&b.seq].0))
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| rows[&a.seq].0.cmp(&rows[&b.seq].0))
     };
     let mut chosen: HashSet<Candidate> = HashSet::new();
     for (limit, mut candidates) in per_filter {
@@ -311,7 +373,10 @@ fn run_in_snapshot(conn: &Connection, filters: &[Filter], limits: QueryLimits, n
         .iter()
         .filter_map(|c| rows.get(&c.seq).map(|(_, json)| json.clone()))
         .collect();
-    Ok(QueryResult { events, snapshot: u64::try_from(snapshot).unwrap_or(0) })
+    Ok(QueryResult {
+        events,
+        snapshot: u64::try_from(snapshot).unwrap_or(0),
+    })
 }
 
 /// `EXPLAIN QUERY PLAN` of every range statement a filter would run, for
@@ -322,7 +387,9 @@ pub fn explain(conn: &Connection, filter: &Filter, now: i64) -> rusqlite::Result
     if let Some(key) = ranges.first() {
         let sql = range_sql(key, filter, covered, now);
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
-        let rows = stmt.query_map(params_from_iter(sql.params.iter()), |row| row.get::<_, String>(3))?;
+        let rows = stmt.query_map(params_from_iter(sql.params.iter()), |row| {
+            row.get::<_, String>(3)
+        })?;
         for row in rows {
             plans.push(row?);
         }
@@ -338,7 +405,12 @@ mod tests {
 
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = super::super::open_connection(&dir.path().join("plan.sqlite"), Durability::Normal, false).unwrap();
+        let mut conn = super::super::open_connection(
+            &dir.path().join("plan.sqlite"),
+            Durability::Normal,
+            false,
+        )
+        .unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
         (dir, conn)
     }
@@ -355,12 +427,32 @@ mod tests {
         let hex = |c: &str| c.repeat(64);
         let shapes = [
             ("ids", json!({"ids": [hex("a"), hex("b")]}), "event_id"),
-            ("authors+kinds", json!({"authors": [hex("a"), hex("b")], "kinds": [1, 6], "limit": 50}), "event_pubkey_kind_time"),
-            ("authors", json!({"authors": [hex("a")]}), "event_pubkey_time"),
-            ("kinds", json!({"kinds": [1], "limit": 100}), "event_kind_time"),
+            (
+                "authors+kinds",
+                json!({"authors": [hex("a"), hex("b")], "kinds": [1, 6], "limit": 50}),
+                "event_pubkey_kind_time",
+            ),
+            (
+                "authors",
+                json!({"authors": [hex("a")]}),
+                "event_pubkey_time",
+            ),
+            (
+                "kinds",
+                json!({"kinds": [1], "limit": 100}),
+                "event_kind_time",
+            ),
             ("#e", json!({"#e": [hex("c")]}), "tag_value_time"),
-            ("#p+kinds", json!({"#p": [hex("d")], "kinds": [1, 6, 7, 9735], "limit": 100}), "tag_value_kind_time"),
-            ("#t+authors residual", json!({"authors": [hex("a")], "#t": ["nostr"]}), "event_pubkey_time"),
+            (
+                "#p+kinds",
+                json!({"#p": [hex("d")], "kinds": [1, 6, 7, 9735], "limit": 100}),
+                "tag_value_kind_time",
+            ),
+            (
+                "#t+authors residual",
+                json!({"authors": [hex("a")], "#t": ["nostr"]}),
+                "event_pubkey_time",
+            ),
             ("time range", json!({"since": 1, "until": 2}), "event_time"),
             ("everything", json!({"limit": 10}), "event_time"),
         ];
@@ -368,10 +460,17 @@ mod tests {
             let plan = plan_of(&conn, filter);
             let text = plan.join("\n");
             println!("{name}:\n  {}", plan.join("\n  "));
-            assert!(text.contains(index), "{name}: expected index {index}, plan:\n{text}");
-            assert!(!text.contains("TEMP B-TREE"), "{name}: sorts in a temp B-tree:\n{text}");
+            assert!(
+                text.contains(index),
+                "{name}: expected index {index}, plan:\n{text}"
+            );
+            assert!(
+                !text.contains("TEMP B-TREE"),
+                "{name}: sorts in a temp B-tree:\n{text}"
+            );
             for line in &plan {
-                let full_scan = line.starts_with("SCAN") && !line.contains("USING") && !line.contains("rarray");
+                let full_scan =
+                    line.starts_with("SCAN") && !line.contains("USING") && !line.contains("rarray");
                 assert!(!full_scan, "{name}: full table scan:\n{text}");
             }
         }

@@ -46,7 +46,12 @@ pub enum WriteJob {
 
 /// The writer thread's loop. Returns when a [`WriteJob::Stop`] arrives or
 /// every sender is gone.
-pub fn run(mut conn: Connection, jobs: crossbeam_channel::Receiver<WriteJob>, max_batch: usize, on_commit: CommitHook) {
+pub fn run(
+    mut conn: Connection,
+    jobs: crossbeam_channel::Receiver<WriteJob>,
+    max_batch: usize,
+    on_commit: CommitHook,
+) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = jobs.recv() else { break };
@@ -71,7 +76,9 @@ pub fn run(mut conn: Connection, jobs: crossbeam_channel::Receiver<WriteJob>, ma
             // A bug must not kill the only writer: a panicking batch is rolled
             // back (the transaction's Drop), its callers get an error, and the
             // thread goes on with the next batch.
-            let outcome = catch_unwind(AssertUnwindSafe(|| commit_inserts(&mut conn, inserts, &on_commit)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                commit_inserts(&mut conn, inserts, &on_commit)
+            }));
             if outcome.is_err() {
                 tracing::error!("the writer panicked on a batch; it was rolled back");
             }
@@ -80,7 +87,10 @@ pub fn run(mut conn: Connection, jobs: crossbeam_channel::Receiver<WriteJob>, ma
     tracing::debug!("writer stopped");
 }
 
-type Insert = (Arc<CanonicalEvent>, oneshot::Sender<Result<WriteOutcome, StoreError>>);
+type Insert = (
+    Arc<CanonicalEvent>,
+    oneshot::Sender<Result<WriteOutcome, StoreError>>,
+);
 
 fn commit_inserts(conn: &mut Connection, inserts: Vec<Insert>, on_commit: &CommitHook) {
     let outcomes = apply_batch(conn, &inserts);
@@ -108,7 +118,10 @@ fn commit_inserts(conn: &mut Connection, inserts: Vec<Insert>, on_commit: &Commi
 
 /// Applies every insert in one transaction; the outer error means the
 /// commit itself failed and nothing of the batch is stored.
-fn apply_batch(conn: &mut Connection, inserts: &[Insert]) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+fn apply_batch(
+    conn: &mut Connection,
+    inserts: &[Insert],
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(inserts.len());
     for (event, _) in inserts {
@@ -174,7 +187,13 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
         "INSERT OR IGNORE INTO tag (event_seq, name, value, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for tag in event.tags.iter().filter(|tag| is_indexed_tag(tag)) {
-        insert_tag.execute(params![seq, tag[0], tag_value(&tag[1]), event.kind, event.created_at])?;
+        insert_tag.execute(params![
+            seq,
+            tag[0],
+            tag_value(&tag[1]),
+            event.kind,
+            event.created_at
+        ])?;
     }
     if event.kind == kind::DELETION {
         apply_deletion(tx, event)?;
@@ -198,7 +217,9 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
             let entitled = serde_json::from_str::<serde_json::Value>(&json)
                 .ok()
                 .and_then(|value| Event::from_value(&value).ok())
-                .is_some_and(|target| target.kind != kind::DELETION && may_delete(&target, deleter));
+                .is_some_and(|target| {
+                    target.kind != kind::DELETION && may_delete(&target, deleter)
+                });
             if entitled {
                 delete_event(tx, seq)?;
             }
@@ -206,16 +227,23 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
     }
     for address in deletion.tag_values("a") {
         let mut parts = address.splitn(3, ':');
-        let (Some(kind_text), Some(pubkey_text), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(kind_text), Some(pubkey_text), Some(d)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
-        let (Ok(kind), Some(pubkey)) = (kind_text.parse::<u16>(), decode_lower::<32>(pubkey_text)) else {
+        let (Ok(kind), Some(pubkey)) = (kind_text.parse::<u16>(), decode_lower::<32>(pubkey_text))
+        else {
             continue;
         };
         if pubkey[..] != *deleter || !KindClass::of(kind).has_address() {
             continue;
         }
-        let d = if KindClass::of(kind) == KindClass::Replaceable { "" } else { d };
+        let d = if KindClass::of(kind) == KindClass::Replaceable {
+            ""
+        } else {
+            d
+        };
         tx.prepare_cached(
             "INSERT INTO address_deletion (pubkey, kind, d_tag, until) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (pubkey, kind, d_tag) DO UPDATE SET until = max(until, excluded.until)",
@@ -235,15 +263,19 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
 }
 
 fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM tag WHERE event_seq = ?1")?.execute(params![seq])?;
-    conn.prepare_cached("DELETE FROM event WHERE seq = ?1")?.execute(params![seq])?;
+    conn.prepare_cached("DELETE FROM tag WHERE event_seq = ?1")?
+        .execute(params![seq])?;
+    conn.prepare_cached("DELETE FROM event WHERE seq = ?1")?
+        .execute(params![seq])?;
     Ok(())
 }
 
 fn purge_expired(conn: &mut Connection, now: i64, batch: usize) -> Result<usize, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let seqs = tx
-        .prepare_cached("SELECT seq FROM event WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2")?
+        .prepare_cached(
+            "SELECT seq FROM event WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2",
+        )?
         .query_map(params![now, batch as i64], |row| row.get::<_, i64>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for seq in &seqs {

@@ -33,10 +33,11 @@ pub struct TestRelay {
 
 /// A configuration for tests: port 0, a database in `dir`.
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".into();
-    config.database = dir.join("relay.sqlite");
-    config
+    Config {
+        listen: "127.0.0.1:0".into(),
+        database: dir.join("relay.sqlite"),
+        ..Config::default()
+    }
 }
 
 impl TestRelay {
@@ -50,9 +51,18 @@ impl TestRelay {
         let mut config = test_config(dir.path());
         adjust(&mut config);
         config.validate().expect("valid test config");
-        let relay = nostr_relayd::start(config.clone()).await.expect("relay starts");
+        let relay = nostr_relayd::start(config.clone())
+            .await
+            .expect("relay starts");
         let addr = relay.local_addr;
-        TestRelay { url: format!("ws://{addr}/"), addr, db: config.database.clone(), config, relay: Some(relay), _dir: dir }
+        TestRelay {
+            url: format!("ws://{addr}/"),
+            addr,
+            db: config.database.clone(),
+            config,
+            relay: Some(relay),
+            _dir: dir,
+        }
     }
 
     pub async fn client(&self) -> Client {
@@ -76,7 +86,11 @@ pub struct RelayProcess {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RelayProcess {
@@ -97,10 +111,17 @@ impl RelayProcess {
             .expect("spawn nostr-relayd");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "relay did not start listening");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay did not start listening"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        RelayProcess { child, url: format!("ws://{addr}/"), addr }
+        RelayProcess {
+            child,
+            url: format!("ws://{addr}/"),
+            addr,
+        }
     }
 
     pub fn kill(&mut self) {
@@ -128,7 +149,10 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws.send(Message::text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_json(&mut self, value: Value) {
@@ -160,23 +184,26 @@ impl Client {
     /// The next relay message as JSON.
     pub async fn recv(&mut self) -> Value {
         match self.recv_message().await {
-            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).expect("relay sends JSON"),
+            Some(Message::Text(text)) => {
+                serde_json::from_str(text.as_str()).expect("relay sends JSON")
+            }
             other => panic!("expected a text message, got {other:?}"),
         }
     }
 
     /// Nothing arrives within `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
-            if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-                panic!("expected silence, got {message:?}");
-            }
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await
+            && !matches!(message, Message::Ping(_) | Message::Pong(_))
+        {
+            panic!("expected silence, got {message:?}");
         }
     }
 
     /// Publishes a signed event and returns the OK's (accepted, reason).
     pub async fn publish(&mut self, event: &Event) -> (bool, String) {
-        self.send_text(format!(r#"["EVENT",{}]"#, event.as_json())).await;
+        self.send_text(format!(r#"["EVENT",{}]"#, event.as_json()))
+            .await;
         self.ok_for(&event.id.to_hex()).await
     }
 
@@ -192,7 +219,10 @@ impl Client {
         loop {
             let message = self.recv().await;
             if message[0] == "OK" && message[1] == id {
-                return (message[2].as_bool().expect("bool"), message[3].as_str().expect("reason").to_owned());
+                return (
+                    message[2].as_bool().expect("bool"),
+                    message[3].as_str().expect("reason").to_owned(),
+                );
             }
         }
     }
@@ -242,7 +272,9 @@ impl Client {
         let keys = Keys::generate();
         let event = note(&keys, "still alive");
         assert_eq!(self.publish(&event).await, (true, String::new()));
-        let events = self.req("health", vec![json!({"ids": [event.id.to_hex()]})]).await;
+        let events = self
+            .req("health", vec![json!({"ids": [event.id.to_hex()]})])
+            .await;
         assert_eq!(events.len(), 1);
         self.send_json(json!(["CLOSE", "health"])).await;
     }
@@ -255,12 +287,17 @@ pub fn now() -> u64 {
 
 /// A signed kind-1 note.
 pub fn note(keys: &Keys, content: &str) -> Event {
-    EventBuilder::new(Kind::TextNote, content).finalize(keys).unwrap()
+    EventBuilder::new(Kind::TextNote, content)
+        .finalize(keys)
+        .unwrap()
 }
 
 /// A signed event of any kind, tags and time.
 pub fn event(keys: &Keys, kind: u16, content: &str, tags: &[&[&str]], created_at: u64) -> Event {
-    let tags: Vec<Tag> = tags.iter().map(|t| Tag::parse(t.iter().copied()).unwrap()).collect();
+    let tags: Vec<Tag> = tags
+        .iter()
+        .map(|t| Tag::parse(t.iter().copied()).unwrap())
+        .collect();
     EventBuilder::new(Kind::from(kind), content)
         .tags(tags)
         .custom_created_at(Timestamp::from(created_at))
