@@ -161,3 +161,52 @@ fn config_is_a_global_option() {
         );
     }
 }
+
+/// When `accept` fails for lack of file descriptors (EMFILE), the relay backs
+/// off instead of spinning, and serves again once descriptors are free.
+#[tokio::test]
+async fn accept_backs_off_when_file_descriptors_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // `ulimit -n` in sh sets the hard limit too, so the relay cannot raise it.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_nostr-relayd"))
+        .arg("--config")
+        .arg(shipped_config())
+        .env("NOSTR_RELAYD_LISTEN", addr.to_string())
+        .env("NOSTR_RELAYD_DB", dir.path().join("fd.sqlite"))
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "relay did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Far more connections than descriptors: accepts start failing.
+    let mut hogs = Vec::new();
+    for _ in 0..80 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            hogs.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(hogs);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let url = format!("ws://{addr}/");
+    let mut client = Client::connect(&url).await;
+    client.assert_healthy().await;
+    drop(client);
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let backoffs = log.matches("accept failed; backing off").count();
+    assert!(backoffs >= 1, "EMFILE was reached:\n{log}");
+    // Backing off doubles from 10 ms to 1 s: a few dozen lines over ~3.5 s at
+    // most. A spinning accept loop would log thousands.
+    assert!(backoffs < 60, "accept loop is spinning: {backoffs} failures logged");
+}

@@ -34,12 +34,14 @@ pub struct QueryLimits {
 }
 
 impl QueryLimits {
-    /// The number of stored events a filter may return.
+    /// The number of stored events a filter may return. A filter naming
+    /// ids without a limit wants each of them, so only `max_limit` applies.
     pub fn effective(&self, filter: &Filter) -> u64 {
-        filter
-            .limit
-            .unwrap_or(self.default_limit)
-            .min(self.max_limit)
+        let default = match &filter.ids {
+            Some(_) => self.max_limit,
+            None => self.default_limit,
+        };
+        filter.limit.unwrap_or(default).min(self.max_limit)
     }
 }
 
@@ -417,6 +419,17 @@ mod tests {
 
     fn plan_of(conn: &Connection, filter: serde_json::Value) -> Vec<String> {
         explain(conn, &Filter::from_value(&filter).unwrap(), 1_700_000_000).unwrap()
+    }
+
+    #[test]
+    fn an_ids_filter_without_limit_is_not_cut_to_the_default() {
+        let limits = QueryLimits { default_limit: 2, max_limit: 5 };
+        let ids = Filter::from_value(&json!({"ids": ["a".repeat(64)]})).unwrap();
+        assert_eq!(limits.effective(&ids), 5);
+        let kinds = Filter::from_value(&json!({"kinds": [1]})).unwrap();
+        assert_eq!(limits.effective(&kinds), 2);
+        let explicit = Filter::from_value(&json!({"kinds": [1], "limit": 9})).unwrap();
+        assert_eq!(limits.effective(&explicit), 5);
     }
 
     /// DESIGN.md: every common filter shape is an index range scan that ends
