@@ -187,3 +187,29 @@ async fn max_connections_is_enforced_with_503() {
         .assert_healthy()
         .await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_http_client_does_not_hold_up_shutdown() {
+    let mut relay = TestRelay::start().await;
+    let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/nostr+json\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    let read = tokio::time::timeout(ANSWER, stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    // The connection stays open (keep-alive). Shutdown closes it rather than
+    // waiting out its 10-second grace period for open connections.
+    tokio::time::timeout(std::time::Duration::from_secs(8), relay.stop())
+        .await
+        .expect("shutdown finished without waiting for the idle client");
+    let read = tokio::time::timeout(ANSWER, stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(read, 0, "the idle connection was closed");
+}

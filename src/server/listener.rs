@@ -54,6 +54,7 @@ pub async fn accept_loop(
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        let mut stopping = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -71,7 +72,17 @@ pub async fn accept_loop(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            // An idle keep-alive HTTP client must not hold up shutdown; an
+            // upgraded WebSocket has left this future already.
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopping.recv() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "http connection ended with an error");
             }
         });

@@ -423,7 +423,10 @@ mod tests {
 
     #[test]
     fn an_ids_filter_without_limit_is_not_cut_to_the_default() {
-        let limits = QueryLimits { default_limit: 2, max_limit: 5 };
+        let limits = QueryLimits {
+            default_limit: 2,
+            max_limit: 5,
+        };
         let ids = Filter::from_value(&json!({"ids": ["a".repeat(64)]})).unwrap();
         assert_eq!(limits.effective(&ids), 5);
         let kinds = Filter::from_value(&json!({"kinds": [1]})).unwrap();

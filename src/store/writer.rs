@@ -96,15 +96,25 @@ fn commit_inserts(conn: &mut Connection, inserts: Vec<Insert>, on_commit: &Commi
     let outcomes = apply_batch(conn, &inserts);
     match outcomes {
         Ok(outcomes) => {
-            let mut committed = Vec::new();
-            for ((event, reply), outcome) in inserts.into_iter().zip(outcomes) {
-                if let Ok(WriteOutcome::Stored { seq }) = &outcome {
-                    committed.push(Committed { seq: *seq, event });
-                }
-                let _ = reply.send(outcome);
-            }
+            let committed: Vec<Committed> = inserts
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|((event, _), outcome)| match outcome {
+                    Ok(WriteOutcome::Stored { seq }) => Some(Committed {
+                        seq: *seq,
+                        event: event.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            // Fan out before answering: once a client has read `OK true`, a
+            // subscription it opens afterwards can no longer receive the
+            // event live (it gets it from the store, if at all).
             if !committed.is_empty() {
                 on_commit(&committed);
+            }
+            for ((_, reply), outcome) in inserts.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
             }
         }
         Err(error) => {
