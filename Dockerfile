@@ -32,8 +32,10 @@ RUN mkdir src \
 # older than the placeholder build, so touch them: cargo must rebuild the crate.
 COPY src ./src
 COPY relay.toml ./
+# The release profile keeps line tables for profiling; the image does not need them.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
+    && strip --strip-debug target/release/nostr-relayd \
     && test -n "$(./target/release/nostr-relayd --version)"
 
 # ---- runtime ---------------------------------------------------------------

@@ -208,5 +208,8 @@ async fn accept_backs_off_when_file_descriptors_run_out() {
     assert!(backoffs >= 1, "EMFILE was reached:\n{log}");
     // Backing off doubles from 10 ms to 1 s: a few dozen lines over ~3.5 s at
     // most. A spinning accept loop would log thousands.
-    assert!(backoffs < 60, "accept loop is spinning: {backoffs} failures logged");
+    assert!(
+        backoffs < 60,
+        "accept loop is spinning: {backoffs} failures logged"
+    );
 }
