@@ -213,3 +213,39 @@ async fn accept_backs_off_when_file_descriptors_run_out() {
         "accept loop is spinning: {backoffs} failures logged"
     );
 }
+
+/// At start the relay raises its soft RLIMIT_NOFILE to the hard limit, so a
+/// default soft limit of 1024 does not cap it at a thousand connections.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -S -n 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_nostr-relayd"))
+        .arg("--config")
+        .arg(shipped_config())
+        .env("NOSTR_RELAYD_LISTEN", addr.to_string())
+        .env("NOSTR_RELAYD_DB", dir.path().join("nofile.sqlite"))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "relay did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "64", "the soft limit was raised: {line}");
+    assert_eq!(soft, hard, "{line}");
+}

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 /// How long a test waits for an answer that must come.
 pub const ANSWER: Duration = Duration::from_secs(10);
@@ -144,7 +144,10 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = connect_async(url).await.expect("websocket connects");
+        // Nagle off, as real clients do, so small frames are not held back.
+        let (ws, _) = connect_async_with_config(url, None, true)
+            .await
+            .expect("websocket connects");
         Client { ws }
     }
 
