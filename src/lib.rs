@@ -7,6 +7,7 @@
 //! network. `ARCHITECTURE.md` follows one message through all of them.
 
 pub mod config;
+pub mod corpus;
 pub mod fanout;
 pub mod ingest;
 pub mod nostr;
