@@ -16,11 +16,10 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use rusqlite::types::{ToSql, Value as SqlValue};
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::sql::tag_value;
 use crate::nostr::Filter;
-use crate::nostr::filter::TagCondition;
 
 /// Above this many (author, kind) or (tag value, kind) pairs, a filter scans
 /// per author or per value and checks the kind on the row instead.
@@ -60,7 +59,6 @@ enum RangeKey {
     Id([u8; 32]),
     AuthorKind([u8; 32], u16),
     Author([u8; 32]),
-    TagKind(char, String, u16),
     Tag(char, String),
     Kind(u16),
     Everything,
@@ -105,31 +103,12 @@ fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
     if let Some(condition) = filter.tags.iter().min_by_key(|c| c.values.len()) {
         covered.tag = Some(condition.letter);
         let letter = condition.letter;
-        if let Some(kinds) = filter
-            .kinds
-            .as_ref()
-            .filter(|k| condition.values.len() * k.len() <= MAX_PAIRS)
-        {
-            covered.kinds = true;
-            let ranges = condition
-                .values
-                .iter()
-                .flat_map(|v| {
-                    kinds
-                        .iter()
-                        .map(move |k| RangeKey::TagKind(letter, v.clone(), *k))
-                })
-                .collect();
-            return (ranges, covered);
-        }
-        return (
-            condition
-                .values
-                .iter()
-                .map(|v| RangeKey::Tag(letter, v.clone()))
-                .collect(),
-            covered,
-        );
+        let ranges = condition
+            .values
+            .iter()
+            .map(|v| RangeKey::Tag(letter, v.clone()))
+            .collect();
+        return (ranges, covered);
     }
     if let Some(kinds) = &filter.kinds {
         covered.kinds = true;
@@ -159,20 +138,15 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
         text: String::new(),
         params: Vec::new(),
     };
-    let (head, time_column) = match key {
-        RangeKey::Tag(..) | RangeKey::TagKind(..) => {
-            let index = if matches!(key, RangeKey::Tag(..)) {
-                "tag_value_time"
-            } else {
-                "tag_value_kind_time"
-            };
-            (
-                format!(
-                    "SELECT t.event_seq, t.created_at FROM tag t INDEXED BY {index} CROSS JOIN event e ON e.seq = t.event_seq WHERE "
-                ),
-                "t.created_at",
-            )
-        }
+    // A tag range reads only the tag table: its rows carry kind, created_at,
+    // the event's seq and expires_at. Every other range reads one index of
+    // `event`, covering (each ends in expires_at; seq is the rowid).
+    let (row, seq, head) = match key {
+        RangeKey::Tag(..) => (
+            "t",
+            "event_seq",
+            "SELECT t.event_seq, t.created_at FROM tag t".to_owned(),
+        ),
         _ => {
             let index = match key {
                 RangeKey::Id(_) => "event_id",
@@ -182,12 +156,14 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
                 _ => "event_time",
             };
             (
-                format!("SELECT e.seq, e.created_at FROM event e INDEXED BY {index} WHERE "),
-                "e.created_at",
+                "e",
+                "seq",
+                format!("SELECT e.seq, e.created_at FROM event e INDEXED BY {index}"),
             )
         }
     };
     sql.text.push_str(&head);
+    sql.text.push_str(" WHERE ");
     let mut conditions: Vec<String> = Vec::new();
     match key {
         RangeKey::Id(id) => conditions.push(format!("e.id = {}", sql.param(id.to_vec()))),
@@ -199,15 +175,14 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
             conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec())))
         }
         RangeKey::Kind(kind) => conditions.push(format!("e.kind = {}", sql.param(*kind))),
-        RangeKey::Tag(letter, value) | RangeKey::TagKind(letter, value, _) => {
+        RangeKey::Tag(letter, value) => {
             conditions.push(format!("t.name = {}", sql.param(letter.to_string())));
             conditions.push(format!("t.value = {}", sql.param(tag_value(value))));
-            if let RangeKey::TagKind(_, _, kind) = key {
-                conditions.push(format!("t.kind = {}", sql.param(*kind)));
-            }
         }
         RangeKey::Everything => {}
     }
+    // Authors are never residual in a tag range: a filter with authors is
+    // driven by them.
     if let Some(authors) = filter.authors.as_ref().filter(|_| !covered.authors) {
         let list: Vec<SqlValue> = authors.iter().map(|a| SqlValue::Blob(a.to_vec())).collect();
         conditions.push(format!("e.pubkey IN rarray({})", sql.param(Rc::new(list))));
@@ -217,32 +192,34 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
             .iter()
             .map(|k| SqlValue::Integer(i64::from(*k)))
             .collect();
-        conditions.push(format!("e.kind IN rarray({})", sql.param(Rc::new(list))));
+        conditions.push(format!(
+            "{row}.kind IN rarray({})",
+            sql.param(Rc::new(list))
+        ));
     }
     for condition in filter.tags.iter().filter(|c| Some(c.letter) != covered.tag) {
-        conditions.push(tag_exists(&mut sql, condition));
+        let name = sql.param(condition.letter.to_string());
+        let values: Vec<SqlValue> = condition.values.iter().map(|v| tag_value(v)).collect();
+        let values = sql.param(Rc::new(values));
+        conditions.push(format!(
+            "EXISTS (SELECT 1 FROM tag x WHERE x.name = {name} AND x.value IN rarray({values}) \
+             AND x.created_at = {row}.created_at AND x.event_seq = {row}.{seq})"
+        ));
     }
+    // Written as one expression so that the planner checks it on the index
+    // entry instead of splitting the range into a multi-index OR.
     conditions.push(format!(
-        "(e.expires_at IS NULL OR e.expires_at > {})",
+        "ifnull({row}.expires_at, 9223372036854775807) > {}",
         sql.param(now)
     ));
     let since = sql.param(filter.since.unwrap_or(0));
     let until = sql.param(filter.until.unwrap_or(i64::MAX));
-    conditions.push(format!("{time_column} BETWEEN {since} AND {until}"));
+    conditions.push(format!("{row}.created_at BETWEEN {since} AND {until}"));
     sql.text.push_str(&conditions.join(" AND "));
     let limit = sql.param(0i64);
     sql.text
-        .push_str(&format!(" ORDER BY {time_column} DESC LIMIT {limit}"));
+        .push_str(&format!(" ORDER BY {row}.created_at DESC LIMIT {limit}"));
     sql
-}
-
-fn tag_exists(sql: &mut Sql, condition: &TagCondition) -> String {
-    let name = sql.param(condition.letter.to_string());
-    let values: Vec<SqlValue> = condition.values.iter().map(|v| tag_value(v)).collect();
-    let values = sql.param(Rc::new(values));
-    format!(
-        "EXISTS (SELECT 1 FROM tag x WHERE x.event_seq = e.seq AND x.name = {name} AND x.value IN rarray({values}))"
-    )
 }
 
 /// A row found by a range: enough to merge and cut before loading JSON.
@@ -353,15 +330,23 @@ fn run_in_snapshot(
         let mut load = tx.prepare_cached("SELECT id, json FROM event WHERE seq = ?1")?;
         for candidate in per_filter.iter().flat_map(|(_, c)| c) {
             if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(candidate.seq) {
-                slot.insert(load.query_row([candidate.seq], |row| Ok((row.get(0)?, row.get(1)?)))?);
+                let row = load
+                    .query_row([candidate.seq], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                // Always present: candidates come from this same snapshot.
+                // Should a tag row ever outlive its event, it is skipped.
+                if let Some(row) = row {
+                    slot.insert(row);
+                }
             }
         }
     }
     tx.finish()?;
     let order = |a: &Candidate, b: &Candidate| {
+        let id = |c: &Candidate| rows.get(&c.seq).map(|(id, _)| id);
         b.created_at
             .cmp(&a.created_at)
-            .then_with(|| rows[&a.seq].0.cmp(&rows[&b.seq].0))
+            .then_with(|| id(a).cmp(&id(b)))
     };
     let mut chosen: HashSet<Candidate> = HashSet::new();
     for (limit, mut candidates) in per_filter {
@@ -458,11 +443,15 @@ mod tests {
                 json!({"kinds": [1], "limit": 100}),
                 "event_kind_time",
             ),
-            ("#e", json!({"#e": [hex("c")]}), "tag_value_time"),
+            (
+                "#e",
+                json!({"#e": [hex("c")]}),
+                "SEARCH t USING PRIMARY KEY",
+            ),
             (
                 "#p+kinds",
                 json!({"#p": [hex("d")], "kinds": [1, 6, 7, 9735], "limit": 100}),
-                "tag_value_kind_time",
+                "SEARCH t USING PRIMARY KEY",
             ),
             (
                 "#t+authors residual",

@@ -27,28 +27,32 @@ const MIGRATIONS: &[&str] = &[
         -- The canonical JSON, served byte for byte.
         json       TEXT    NOT NULL
     );
+    -- Each range index ends with expires_at (NULL, one byte, for almost
+    -- every event) so that a range scan never reads the table row.
     CREATE UNIQUE INDEX event_id ON event(id);
-    CREATE INDEX event_pubkey_kind_time ON event(pubkey, kind, created_at DESC);
-    CREATE INDEX event_pubkey_time ON event(pubkey, created_at DESC);
-    CREATE INDEX event_kind_time ON event(kind, created_at DESC);
-    CREATE INDEX event_time ON event(created_at DESC);
+    CREATE INDEX event_pubkey_kind_time ON event(pubkey, kind, created_at DESC, expires_at);
+    CREATE INDEX event_pubkey_time ON event(pubkey, created_at DESC, expires_at);
+    CREATE INDEX event_kind_time ON event(kind, created_at DESC, expires_at);
+    CREATE INDEX event_time ON event(created_at DESC, expires_at);
     -- At most one version per address, enforced by the database itself.
     CREATE UNIQUE INDEX event_address ON event(pubkey, kind, d_tag) WHERE d_tag IS NOT NULL;
     CREATE INDEX event_expiry ON event(expires_at) WHERE expires_at IS NOT NULL;
 
     -- Single-letter tags' first values. 64-hex values are stored as 32-byte
-    -- blobs, everything else as text. kind and created_at are copied here so
-    -- that a tag query is one index range ending in created_at.
+    -- blobs, everything else as text. The table is its own index: a tag
+    -- query is one range of the primary key, newest first, and `kind` rides
+    -- along in the row (with expires_at) so that a tag query never looks
+    -- up `event` until it loads the JSON of the rows it keeps.
+    -- Rows are deleted by their full key, recomputed from the event's tags.
     CREATE TABLE tag (
-        event_seq  INTEGER NOT NULL,
         name       TEXT    NOT NULL,
         value      BLOB    NOT NULL,
-        kind       INTEGER NOT NULL,
         created_at INTEGER NOT NULL,
-        PRIMARY KEY (event_seq, name, value)
+        event_seq  INTEGER NOT NULL,
+        kind       INTEGER NOT NULL,
+        expires_at INTEGER,
+        PRIMARY KEY (name, value, created_at, event_seq)
     ) WITHOUT ROWID;
-    CREATE INDEX tag_value_time ON tag(name, value, created_at DESC);
-    CREATE INDEX tag_value_kind_time ON tag(name, value, kind, created_at DESC);
 
     -- NIP-09 `e`-tag deletions: the target is refused if it arrives later.
     CREATE TABLE deletion (

@@ -194,15 +194,17 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
     ])?;
     let seq = tx.last_insert_rowid();
     let mut insert_tag = tx.prepare_cached(
-        "INSERT OR IGNORE INTO tag (event_seq, name, value, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO tag (name, value, created_at, event_seq, kind, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for tag in event.tags.iter().filter(|tag| is_indexed_tag(tag)) {
         insert_tag.execute(params![
-            seq,
             tag[0],
             tag_value(&tag[1]),
+            event.created_at,
+            seq,
             event.kind,
-            event.created_at
+            expires_at
         ])?;
     }
     if event.kind == kind::DELETION {
@@ -272,9 +274,25 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Deletes an event and its tag rows. The tag table has no index by event,
+/// so its rows are found by their full key, recomputed from the stored tags.
 fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM tag WHERE event_seq = ?1")?
-        .execute(params![seq])?;
+    let json: Option<String> = conn
+        .prepare_cached("SELECT json FROM event WHERE seq = ?1")?
+        .query_row(params![seq], |row| row.get(0))
+        .optional()?;
+    let stored = json
+        .as_deref()
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .and_then(|value| Event::from_value(&value).ok());
+    if let Some(stored) = stored {
+        let mut delete_tag = conn.prepare_cached(
+            "DELETE FROM tag WHERE name = ?1 AND value = ?2 AND created_at = ?3 AND event_seq = ?4",
+        )?;
+        for tag in stored.tags.iter().filter(|tag| is_indexed_tag(tag)) {
+            delete_tag.execute(params![tag[0], tag_value(&tag[1]), stored.created_at, seq])?;
+        }
+    }
     conn.prepare_cached("DELETE FROM event WHERE seq = ?1")?
         .execute(params![seq])?;
     Ok(())
