@@ -37,12 +37,16 @@ type Sink = SplitSink<Socket, Message>;
 enum Reply {
     /// A ready frame (an `OK`).
     Frame(String),
-    /// A REQ's stored events are ready.
-    Stored {
-        sub_id: String,
-        generation: u64,
-        result: Result<QueryResult, StoreError>,
-    },
+    /// A REQ's stored events are ready (boxed: the reply queue's slots are
+    /// allocated per connection, so every variant is kept pointer-sized).
+    Stored(Box<StoredReply>),
+}
+
+/// The outcome of one REQ's query.
+struct StoredReply {
+    sub_id: String,
+    generation: u64,
+    result: Result<QueryResult, StoreError>,
 }
 
 /// Where a subscription stands relative to its EOSE.
@@ -81,6 +85,8 @@ struct Session {
     events_in_flight: Arc<Semaphore>,
     next_generation: u64,
     done: mpsc::Sender<()>,
+    /// Frames fed to the sink since the last flush.
+    unflushed: bool,
 }
 
 /// Serves one upgraded WebSocket until either side closes it or the relay
@@ -110,6 +116,7 @@ pub async fn serve(
         replies,
         next_generation: 0,
         done,
+        unflushed: false,
     };
     tracing::debug!(%peer, "websocket connected");
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_period, ping_period);
@@ -135,6 +142,16 @@ pub async fn serve(
                 session.on_frame(frame).await
             }
         };
+        // Answer whatever else is already waiting, then write it all with
+        // one flush: under load, one syscall carries many OKs and EVENTs.
+        let step = match step {
+            Ok(()) => session.drain_ready(&mut reply_queue, &mut deliveries).await,
+            Err(exit) => Err(exit),
+        };
+        let step = match step {
+            Ok(()) => session.flush().await,
+            Err(exit) => Err(exit),
+        };
         if let Err(exit) = step {
             break exit;
         }
@@ -151,9 +168,43 @@ pub async fn serve(
     tracing::debug!(%peer, "websocket closed");
 }
 
+/// How many ready replies or deliveries one loop turn handles before it
+/// flushes and looks at the socket again.
+const DRAIN_BATCH: usize = 256;
+
 impl Session {
+    /// Queues a frame; [`Session::flush`] writes it out.
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
-        self.sink.send(message).await.map_err(|_| Exit::Quietly)
+        self.unflushed = true;
+        self.sink.feed(message).await.map_err(|_| Exit::Quietly)
+    }
+
+    async fn flush(&mut self) -> Result<(), Exit> {
+        if !self.unflushed {
+            return Ok(());
+        }
+        self.unflushed = false;
+        self.sink.flush().await.map_err(|_| Exit::Quietly)
+    }
+
+    async fn drain_ready(
+        &mut self,
+        replies: &mut mpsc::Receiver<Reply>,
+        deliveries: &mut mpsc::Receiver<Delivery>,
+    ) -> Result<(), Exit> {
+        for _ in 0..DRAIN_BATCH {
+            match replies.try_recv() {
+                Ok(reply) => self.on_reply(reply).await?,
+                Err(_) => break,
+            }
+        }
+        for _ in 0..DRAIN_BATCH {
+            match deliveries.try_recv() {
+                Ok(delivery) => self.on_delivery(delivery).await?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), Exit> {
@@ -302,11 +353,11 @@ impl Session {
         tokio::spawn(async move {
             let result = store.query(filters, query_limits).await;
             let _ = replies
-                .send(Reply::Stored {
+                .send(Reply::Stored(Box::new(StoredReply {
                     sub_id,
                     generation,
                     result,
-                })
+                })))
                 .await;
         });
         Ok(())
@@ -315,11 +366,14 @@ impl Session {
     async fn on_reply(&mut self, reply: Reply) -> Result<(), Exit> {
         match reply {
             Reply::Frame(frame) => self.send_text(frame).await,
-            Reply::Stored {
-                sub_id,
-                generation,
-                result,
-            } => self.on_stored(sub_id, generation, result).await,
+            Reply::Stored(stored) => {
+                let StoredReply {
+                    sub_id,
+                    generation,
+                    result,
+                } = *stored;
+                self.on_stored(sub_id, generation, result).await
+            }
         }
     }
 
@@ -354,21 +408,15 @@ impl Session {
         };
         let quoted_id = subscription.quoted_id.clone();
         for json in &result.events {
-            self.feed(message::event_frame(&quoted_id, json)).await?;
-        }
-        self.feed(message::eose(&quoted_id)).await?;
-        for delivery in buffered.iter().filter(|d| is_after(d, snapshot)) {
-            self.feed(message::event_frame(&quoted_id, &delivery.event.json))
+            self.send_text(message::event_frame(&quoted_id, json))
                 .await?;
         }
-        self.sink.flush().await.map_err(|_| Exit::Quietly)
-    }
-
-    async fn feed(&mut self, text: String) -> Result<(), Exit> {
-        self.sink
-            .feed(Message::text(text))
-            .await
-            .map_err(|_| Exit::Quietly)
+        self.send_text(message::eose(&quoted_id)).await?;
+        for delivery in buffered.iter().filter(|d| is_after(d, snapshot)) {
+            self.send_text(message::event_frame(&quoted_id, &delivery.event.json))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn on_delivery(&mut self, delivery: Delivery) -> Result<(), Exit> {
