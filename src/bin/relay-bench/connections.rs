@@ -21,8 +21,10 @@ pub struct ConnectionsArgs {
     /// Connections to open and hold.
     #[arg(long, default_value_t = 5000)]
     pub connections: usize,
-    /// Connections being opened at the same time.
-    #[arg(long, default_value_t = 200)]
+    /// Connections being opened at the same time. Keep it under the relay's
+    /// listen backlog (128 for Rust/tokio listeners): a burst above it
+    /// overflows the accept queue and costs those clients a 1 s SYN retry.
+    #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
     /// The relay's process id, to read its VmRSS from /proc/PID/status.
     #[arg(long)]

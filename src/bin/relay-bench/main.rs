@@ -30,7 +30,7 @@ use serde_json::Value;
 
 /// Load generator for Nostr relays (NIP-01 only).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(flatten)]
     common: Common,
