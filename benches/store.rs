@@ -15,6 +15,12 @@
 //! disk amplification (file size / stored JSON bytes), the space each table
 //! and index takes, and the query plan of each shape are printed to stderr.
 //!
+//! `BENCH_QPSG=1` turns on `SQLITE_DBCONFIG_ENABLE_QPSG` on the direct
+//! connection only (not the store's readers), to see what the statement
+//! re-preparation it prevents costs: a bound `LIMIT ?` or range parameter
+//! otherwise marks each cached statement for a full re-prepare whenever it
+//! is rebound (and rusqlite's statement cache clears the bindings).
+//!
 //! Run with `cargo bench --bench store`.
 
 use std::collections::VecDeque;
@@ -354,6 +360,14 @@ fn bench_queries(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut conn = plain_connection(&path, true);
+    if std::env::var_os("BENCH_QPSG").is_some() {
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .expect("enable QPSG");
+        eprintln!("store: the direct connection runs with SQLITE_DBCONFIG_ENABLE_QPSG");
+    }
     for (name, filters) in &shapes {
         let direct = query::run(
             &mut conn,
