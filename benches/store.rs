@@ -15,11 +15,7 @@
 //! disk amplification (file size / stored JSON bytes), the space each table
 //! and index takes, and the query plan of each shape are printed to stderr.
 //!
-//! `BENCH_QPSG=1` turns on `SQLITE_DBCONFIG_ENABLE_QPSG` on the direct
-//! connection only (not the store's readers), to see what the statement
-//! re-preparation it prevents costs: a bound `LIMIT ?` or range parameter
-//! otherwise marks each cached statement for a full re-prepare whenever it
-//! is rebound (and rusqlite's statement cache clears the bindings).
+//! Direct queries use `store::open_connection`, the relay's own pragmas.
 //!
 //! Run with `cargo bench --bench store`.
 
@@ -33,8 +29,8 @@ use futures_util::future::join_all;
 use nostr_relayd::config::Durability;
 use nostr_relayd::corpus::{Corpus, QueryTargets};
 use nostr_relayd::nostr::{CanonicalEvent, Filter};
-use nostr_relayd::store::{QueryLimits, Store, StoreOptions, WriteOutcome, query, unix_now};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use nostr_relayd::store::{self, QueryLimits, Store, StoreOptions, WriteOutcome, query, unix_now};
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Value, json};
 
 const SEED: u64 = 1;
@@ -80,18 +76,7 @@ fn database_path(count: usize) -> PathBuf {
 
 /// A plain connection with the pragmas the relay's readers use.
 fn plain_connection(path: &Path, read_only: bool) -> Connection {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags).expect("open the database");
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.pragma_update(None, "temp_store", "MEMORY").unwrap();
-    conn.pragma_update(None, "cache_size", -32_000).unwrap();
-    conn.set_prepared_statement_cache_capacity(256);
-    rusqlite::vtab::array::load_module(&conn).expect("load the array vtab");
-    conn
+    store::open_connection(path, Durability::Normal, read_only).expect("open the database")
 }
 
 /// The schema's SQL, to tell whether a saved database still matches the code.
@@ -360,14 +345,6 @@ fn bench_queries(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut conn = plain_connection(&path, true);
-    if std::env::var_os("BENCH_QPSG").is_some() {
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-            true,
-        )
-        .expect("enable QPSG");
-        eprintln!("store: the direct connection runs with SQLITE_DBCONFIG_ENABLE_QPSG");
-    }
     for (name, filters) in &shapes {
         let direct = query::run(
             &mut conn,

@@ -197,8 +197,9 @@ impl Store {
     }
 }
 
-/// Opens one connection with the pragmas every connection shares.
-pub(crate) fn open_connection(
+/// Opens one connection with the pragmas every connection of the relay
+/// shares; tools and benchmarks that read the database directly use it too.
+pub fn open_connection(
     path: &Path,
     durability: Durability,
     read_only: bool,
@@ -223,6 +224,15 @@ pub(crate) fn open_connection(
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
     conn.set_prepared_statement_cache_capacity(256);
+    // Without the query planner stability guarantee, SQLite (with STAT4)
+    // re-plans a cached statement whenever a bound value it planned on
+    // changes (LIMIT, time bounds), i.e. on nearly every run: measured at
+    // 12 µs per range query instead of 5 µs. Our statements name their
+    // index, so a fixed plan is exactly what we want.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     rusqlite::vtab::array::load_module(&conn)?;
     Ok(conn)
 }
