@@ -134,6 +134,17 @@ impl Sql {
 /// limited. Time bounds and the limit are its last three parameters so that
 /// the tie query can reuse it.
 fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql {
+    range_sql_selecting(key, filter, covered, now, "")
+}
+
+/// [`range_sql`] with `extra` columns selected after seq and created_at.
+fn range_sql_selecting(
+    key: &RangeKey,
+    filter: &Filter,
+    covered: Covered,
+    now: i64,
+    extra: &str,
+) -> Sql {
     let mut sql = Sql {
         text: String::new(),
         params: Vec::new(),
@@ -158,7 +169,7 @@ fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql
             (
                 "e",
                 "seq",
-                format!("SELECT e.seq, e.created_at FROM event e INDEXED BY {index}"),
+                format!("SELECT e.seq, e.created_at{extra} FROM event e INDEXED BY {index}"),
             )
         }
     };
@@ -257,6 +268,78 @@ fn read_range(conn: &Connection, mut sql: Sql, limit: u64) -> rusqlite::Result<V
     Ok(rows)
 }
 
+/// From this many (author, kind) pairs on, a filter first tries one scan
+/// per kind instead of one seek per pair.
+const SCAN_FIRST_PAIRS: usize = 16;
+/// Index entries the scan may read per pair it replaces. A seek costs about
+/// as much as reading a dozen entries, so a scan that gives up has cost less
+/// than the seeks it tried to save.
+const SCAN_ROWS_PER_PAIR: usize = 8;
+
+/// A home feed (hundreds of authors × a few kinds) as one scan of each
+/// kind's range, newest first, keeping the entries whose author is wanted
+/// (the kind index carries the pubkey). Follows are usually active, so the
+/// newest `limit` turn up within a few hundred entries, where one seek per
+/// (author, kind) would cost hundreds of statements. Gives up (`None`) when
+/// the scan exceeds its budget; the caller then seeks as usual.
+fn scan_for_authors(
+    conn: &Connection,
+    filter: &Filter,
+    limit: u64,
+    now: i64,
+) -> rusqlite::Result<Option<Vec<Candidate>>> {
+    let (Some(authors), Some(kinds), None) = (&filter.authors, &filter.kinds, &filter.ids) else {
+        return Ok(None);
+    };
+    let pairs = authors.len() * kinds.len();
+    if pairs < SCAN_FIRST_PAIRS {
+        return Ok(None);
+    }
+    let mut budget = pairs * SCAN_ROWS_PER_PAIR;
+    let covered = Covered {
+        ids: true,
+        authors: true,
+        kinds: true,
+        tag: None,
+    };
+    let mut found = Vec::new();
+    for kind in kinds {
+        let mut sql =
+            range_sql_selecting(&RangeKey::Kind(*kind), filter, covered, now, ", e.pubkey");
+        let count = sql.params.len();
+        sql.params[count - 1] = Box::new(-1i64);
+        let mut stmt = conn.prepare_cached(&sql.text)?;
+        let mut rows = stmt.query(params_from_iter(sql.params.iter()))?;
+        let mut matched: u64 = 0;
+        let mut cut_at: Option<i64> = None;
+        while let Some(row) = rows.next()? {
+            if budget == 0 {
+                return Ok(None);
+            }
+            budget -= 1;
+            let created_at: i64 = row.get(1)?;
+            if cut_at.is_some_and(|cut| created_at < cut) {
+                break; // past the ties at the cut
+            }
+            let wanted = match row.get_ref(2)?.as_blob() {
+                Ok(pubkey) => authors.binary_search_by(|a| a[..].cmp(pubkey)).is_ok(),
+                Err(_) => false,
+            };
+            if wanted {
+                found.push(Candidate {
+                    seq: row.get(0)?,
+                    created_at,
+                });
+                matched += 1;
+                if matched == limit {
+                    cut_at = Some(created_at);
+                }
+            }
+        }
+    }
+    Ok(Some(found))
+}
+
 /// The candidates of one filter: its newest `limit`, plus ties at the cut.
 fn filter_candidates(
     conn: &Connection,
@@ -264,16 +347,21 @@ fn filter_candidates(
     limit: u64,
     now: i64,
 ) -> rusqlite::Result<Vec<Candidate>> {
-    let (ranges, covered) = plan(filter);
-    let mut found: HashSet<Candidate> = HashSet::new();
-    for key in &ranges {
-        found.extend(read_range(
-            conn,
-            range_sql(key, filter, covered, now),
-            limit,
-        )?);
-    }
-    let mut found: Vec<Candidate> = found.into_iter().collect();
+    let mut found: Vec<Candidate> = match scan_for_authors(conn, filter, limit, now)? {
+        Some(found) => found,
+        None => {
+            let (ranges, covered) = plan(filter);
+            let mut found: HashSet<Candidate> = HashSet::new();
+            for key in &ranges {
+                found.extend(read_range(
+                    conn,
+                    range_sql(key, filter, covered, now),
+                    limit,
+                )?);
+            }
+            found.into_iter().collect()
+        }
+    };
     found.sort_unstable_by_key(|c| std::cmp::Reverse(c.created_at));
     if let Some(cut) = usize::try_from(limit)
         .ok()

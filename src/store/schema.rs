@@ -32,7 +32,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX event_id ON event(id);
     CREATE INDEX event_pubkey_kind_time ON event(pubkey, kind, created_at DESC, expires_at);
     CREATE INDEX event_pubkey_time ON event(pubkey, created_at DESC, expires_at);
-    CREATE INDEX event_kind_time ON event(kind, created_at DESC, expires_at);
+    -- The kind index also carries the pubkey, for home feeds read as one
+    -- scan per kind (store/query.rs, scan_for_authors).
+    CREATE INDEX event_kind_time ON event(kind, created_at DESC, expires_at, pubkey);
     CREATE INDEX event_time ON event(created_at DESC, expires_at);
     -- At most one version per address, enforced by the database itself.
     CREATE UNIQUE INDEX event_address ON event(pubkey, kind, d_tag) WHERE d_tag IS NOT NULL;
