@@ -346,8 +346,7 @@ async fn publish(
         result.error = Some(format!("connection {index}: {error}"));
     }
     result.first_send = first_send;
-    let mut ws = sink;
-    client::close(&mut ws).await;
+    client::close(&mut sink).await;
     result
 }
 
