@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -22,7 +22,7 @@ use crate::fanout::Fanout;
 use crate::ingest::Ingester;
 use crate::policy::WritePolicy;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
-use crate::store::{QueryLimits, Store, StoreOptions};
+use crate::store::{self, QueryLimits, Store, StoreOptions};
 use crate::worker_pool::WorkerPool;
 
 /// State every connection shares.
@@ -100,20 +100,27 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
     let addr = config
         .listen_addr()
         .map_err(|e| StartError(e.to_string()))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+    let listener = bind(addr).map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
     let local_addr = listener
         .local_addr()
         .map_err(|e| StartError(e.to_string()))?;
-    let verifier = WorkerPool::start("verify", vec![(); config.verify_threads()])
-        .map_err(|e| StartError(e.to_string()))?;
+    let checker_connections = (0..config.verify_threads())
+        .map(|_| store::open_connection(&config.database, config.storage.durability, true))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            StartError(format!(
+                "cannot open database {}: {e}",
+                config.database.display()
+            ))
+        })?;
+    let checkers =
+        WorkerPool::start("check", checker_connections).map_err(|e| StartError(e.to_string()))?;
     let max_message = config.limits.max_message_length;
     let shared = Arc::new(Shared {
         ingester: Ingester {
             store: store.clone(),
             fanout: fanout.clone(),
-            verifier,
+            checkers,
             policy: WritePolicy::new(&config.limits),
         },
         query_limits: QueryLimits {
@@ -139,6 +146,21 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         trigger,
         task,
     })
+}
+
+/// Pending connections the kernel queues for `accept`: tokio's default of
+/// 128 overflows when a few hundred clients reconnect at once.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves until shutdown, then drains in order: connections, writer.

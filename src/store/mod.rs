@@ -4,6 +4,7 @@
 //! The store knows nothing of sockets: it takes events and filters, and
 //! gives back outcomes and stored JSON. See `ARCHITECTURE.md` for the schema.
 
+mod checkpoint;
 pub mod query;
 pub mod schema;
 mod sql;
@@ -17,7 +18,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::config::Durability;
-use crate::nostr::{CanonicalEvent, Filter};
+use crate::nostr::{CanonicalEvent, Event, Filter};
 use crate::worker_pool::WorkerPool;
 pub use query::{QueryLimits, QueryResult};
 use writer::WriteJob;
@@ -111,16 +112,29 @@ impl Store {
         }
         let mut writer_conn = open_connection(path, options.durability, false)?;
         schema::migrate(&mut writer_conn)?;
+        // The writer's working set (the tops of every index) stays cached.
+        writer_conn.pragma_update(None, "cache_size", -65_536)?;
+        writer_conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_SAFETY_NET_PAGES,
+        )?;
+        let checkpoint_conn = open_connection(path, options.durability, false)?;
         let readers = (0..options.reader_threads)
             .map(|_| open_connection(path, options.durability, true))
             .collect::<Result<Vec<_>, _>>()?;
         let readers =
             WorkerPool::start("reader", readers).map_err(|e| StoreError::Other(e.to_string()))?;
         let (writer, jobs) = crossbeam_channel::unbounded();
+        let (committed, commits) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || checkpoint::run(checkpoint_conn, commits))
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let max_batch = options.max_write_batch;
         let writer_thread = std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || writer::run(writer_conn, jobs, max_batch, on_commit))
+            .spawn(move || writer::run(writer_conn, jobs, max_batch, on_commit, committed))
             .map_err(|e| StoreError::Other(e.to_string()))?;
         Ok(Store {
             writer,
@@ -137,22 +151,6 @@ impl Store {
             .send(WriteJob::Insert { event, reply })
             .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// The cheap checks before the signature: is this id stored, or deleted?
-    pub async fn freshness(&self, event: Arc<CanonicalEvent>) -> Result<Freshness, StoreError> {
-        self.readers
-            .run(move |conn| -> Result<Freshness, StoreError> {
-                if sql::exists(conn, &event.event.id)? {
-                    Ok(Freshness::Duplicate)
-                } else if sql::is_tombstoned(conn, &event.event)? {
-                    Ok(Freshness::Deleted)
-                } else {
-                    Ok(Freshness::New)
-                }
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?
     }
 
     /// Answers a REQ's filters within the query time budget.
@@ -222,7 +220,7 @@ pub fn open_connection(
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(None, "cache_size", -32_000)?;
+    conn.pragma_update(None, "cache_size", -16_384)?;
     conn.set_prepared_statement_cache_capacity(256);
     // Without the query planner stability guarantee, SQLite (with STAT4)
     // re-plans a cached statement whenever a bound value it planned on
@@ -235,6 +233,18 @@ pub fn open_connection(
     )?;
     rusqlite::vtab::array::load_module(&conn)?;
     Ok(conn)
+}
+
+/// The cheap look-ups before the signature check, on any read connection:
+/// is this id stored, or forbidden by a deletion?
+pub fn freshness(conn: &Connection, event: &Event) -> Result<Freshness, StoreError> {
+    if sql::exists(conn, &event.id)? {
+        Ok(Freshness::Duplicate)
+    } else if sql::is_tombstoned(conn, event)? {
+        Ok(Freshness::Deleted)
+    } else {
+        Ok(Freshness::New)
+    }
 }
 
 /// Seconds since the Unix epoch.

@@ -51,6 +51,7 @@ pub fn run(
     jobs: crossbeam_channel::Receiver<WriteJob>,
     max_batch: usize,
     on_commit: CommitHook,
+    committed: crossbeam_channel::Sender<()>,
 ) {
     let mut stopping = false;
     while !stopping {
@@ -82,7 +83,13 @@ pub fn run(
             if outcome.is_err() {
                 tracing::error!("the writer panicked on a batch; it was rolled back");
             }
+            // Wake the checkpointer; a full slot means it is already awake.
+            let _ = committed.try_send(());
         }
+    }
+    // Leave an empty WAL behind: everything committed is in the main file.
+    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(%error, "final checkpoint failed");
     }
     tracing::debug!("writer stopped");
 }
@@ -129,6 +136,36 @@ fn commit_inserts(conn: &mut Connection, inserts: Vec<Insert>, on_commit: &Commi
 /// Applies every insert in one transaction; the outer error means the
 /// commit itself failed and nothing of the batch is stored.
 fn apply_batch(
+    conn: &mut Connection,
+    inserts: &[Insert],
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    match apply_together(conn, inserts) {
+        Ok(outcomes) => Ok(outcomes),
+        Err(error) => {
+            tracing::debug!(%error, "batch failed as a whole; retrying event by event");
+            apply_one_by_one(conn, inserts)
+        }
+    }
+}
+
+/// The fast path: the whole batch in one transaction, no savepoints (each
+/// savepoint copies every page an event touches into a sub-journal).
+fn apply_together(
+    conn: &mut Connection,
+    inserts: &[Insert],
+) -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(inserts.len());
+    for (event, _) in inserts {
+        outcomes.push(Ok(apply_event(&tx, event)?));
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// After a failure: each event in its own savepoint, so that one event's
+/// failure (say, the disk filling up on a big one) does not sink the others.
+fn apply_one_by_one(
     conn: &mut Connection,
     inserts: &[Insert],
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
