@@ -114,10 +114,17 @@ impl Store {
         schema::migrate(&mut writer_conn)?;
         // The writer's working set (the tops of every index) stays cached.
         writer_conn.pragma_update(None, "cache_size", -65_536)?;
+        let page_size: i64 = writer_conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         writer_conn.pragma_update(
             None,
             "wal_autocheckpoint",
-            checkpoint::WRITER_SAFETY_NET_PAGES,
+            checkpoint::WRITER_CHECKPOINT_BYTES / page_size.max(512),
+        )?;
+        // After a reset, give the disk back beyond this size.
+        writer_conn.pragma_update(
+            None,
+            "journal_size_limit",
+            checkpoint::WRITER_CHECKPOINT_BYTES,
         )?;
         let checkpoint_conn = open_connection(path, options.durability, false)?;
         let readers = (0..options.reader_threads)

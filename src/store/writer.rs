@@ -188,9 +188,8 @@ fn apply_one_by_one(
 /// NIP-01 and NIP-09 rules for one event, inside the writer's transaction.
 fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<WriteOutcome> {
     let event = &canonical.event;
-    if super::sql::exists(tx, &event.id)? {
-        return Ok(WriteOutcome::Duplicate);
-    }
+    // No separate duplicate probe: the insert below meets the unique id
+    // index anyway, and reports a duplicate by changing nothing.
     if is_tombstoned(tx, event)? {
         return Ok(WriteOutcome::Deleted);
     }
@@ -206,6 +205,9 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
             })
             .optional()?;
         if let Some((seq, created_at, id)) = current {
+            if id.as_slice() == &event.id[..] {
+                return Ok(WriteOutcome::Duplicate);
+            }
             // NIP-01: the newer wins; on equal timestamps the lowest id wins.
             let stored_wins = created_at > event.created_at
                 || (created_at == event.created_at && id.as_slice() < &event.id[..]);
@@ -216,19 +218,25 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
         }
     }
     let expires_at = event.expiration().ok().flatten();
-    tx.prepare_cached(
-        "INSERT INTO event (id, pubkey, created_at, kind, d_tag, expires_at, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        &event.id[..],
-        &event.pubkey[..],
-        event.created_at,
-        event.kind,
-        d_tag,
-        expires_at,
-        canonical.json
-    ])?;
+    // OR IGNORE can only meet the unique id index here: the address index
+    // was cleared of this address's version just above.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO event (id, pubkey, created_at, kind, d_tag, expires_at, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            &event.id[..],
+            &event.pubkey[..],
+            event.created_at,
+            event.kind,
+            d_tag,
+            expires_at,
+            canonical.json
+        ])?;
+    if inserted == 0 {
+        return Ok(WriteOutcome::Duplicate);
+    }
     let seq = tx.last_insert_rowid();
     let mut insert_tag = tx.prepare_cached(
         "INSERT OR IGNORE INTO tag (name, value, created_at, event_seq, kind, expires_at)
