@@ -8,6 +8,7 @@
 //! and dropped by its own task, and never slows the writer or the others.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -22,8 +23,9 @@ pub type SubscriptionKey = u64;
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub key: SubscriptionKey,
-    /// Commit sequence number; `None` for ephemeral events, never stored.
-    pub seq: Option<u64>,
+    /// Commit sequence number (they start at 1); `None` for ephemeral
+    /// events, never stored. NonZero keeps a queue slot at 24 bytes.
+    pub seq: Option<NonZeroU64>,
     pub event: Arc<CanonicalEvent>,
 }
 
@@ -242,6 +244,7 @@ impl Fanout {
 
     /// Sends `event` to every subscription it matches.
     pub fn publish(&self, event: &Arc<CanonicalEvent>, seq: Option<u64>) {
+        let seq = seq.and_then(NonZeroU64::new);
         let index = self
             .index
             .read()

@@ -121,11 +121,13 @@ pub async fn serve(
     tracing::debug!(%peer, "websocket connected");
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_period, ping_period);
     let mut awaiting_pong = false;
+    // Handlers are boxed: an idle connection's task then holds only the
+    // small futures of this select, not the largest handler's state.
     let exit = loop {
         let step = tokio::select! {
             _ = shutdown.recv() => Err(Exit::Close(CloseCode::Away, "relay shutting down")),
-            _ = session.overflow.notify.notified() => session.on_overflow().await,
-            Some(reply) = reply_queue.recv() => session.on_reply(reply).await,
+            _ = session.overflow.notify.notified() => Box::pin(session.on_overflow()).await,
+            Some(reply) = reply_queue.recv() => Box::pin(session.on_reply(reply)).await,
             Some(delivery) = deliveries.recv() => session.on_delivery(delivery).await,
             _ = ping.tick() => {
                 if awaiting_pong {
@@ -139,13 +141,13 @@ pub async fn serve(
                 if matches!(frame, Some(Ok(Message::Pong(_)))) {
                     awaiting_pong = false;
                 }
-                session.on_frame(frame).await
+                Box::pin(session.on_frame(frame)).await
             }
         };
         // Answer whatever else is already waiting, then write it all with
         // one flush: under load, one syscall carries many OKs and EVENTs.
         let step = match step {
-            Ok(()) => session.drain_ready(&mut reply_queue, &mut deliveries).await,
+            Ok(()) => Box::pin(session.drain_ready(&mut reply_queue, &mut deliveries)).await,
             Err(exit) => Err(exit),
         };
         let step = match step {
@@ -478,7 +480,7 @@ impl Session {
 /// Whether a live event was committed after the snapshot a query saw.
 /// Ephemeral events have no sequence number and are always new.
 fn is_after(delivery: &Delivery, snapshot: u64) -> bool {
-    delivery.seq.is_none_or(|seq| seq > snapshot)
+    delivery.seq.is_none_or(|seq| seq.get() > snapshot)
 }
 
 impl Drop for Session {

@@ -131,7 +131,10 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         websocket: WebSocketConfig::default()
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
-            .read_buffer_size(4096)
+            // Initial read buffer: tungstenite reserves a frame's full length
+            // once it has read the header, so this only sizes the idle buffer
+            // (and the largest single read).
+            .read_buffer_size(1024)
             .write_buffer_size(8192)
             .max_write_buffer_size(max_message.saturating_mul(4).max(1 << 20)),
         config,
