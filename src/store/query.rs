@@ -21,10 +21,6 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use super::sql::tag_value;
 use crate::nostr::Filter;
 
-/// Above this many (author, kind) or (tag value, kind) pairs, a filter scans
-/// per author or per value and checks the kind on the row instead.
-const MAX_PAIRS: usize = 2000;
-
 /// The limits a filter's `limit` is read against.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
@@ -58,10 +54,8 @@ pub struct QueryResult {
 enum RangeKey {
     Id([u8; 32]),
     AuthorKind([u8; 32], u16),
-    Author([u8; 32]),
     Tag(char, String),
     Kind(u16),
-    Everything,
 }
 
 /// Which filter fields the ranges already guarantee; the rest become SQL
@@ -75,30 +69,25 @@ struct Covered {
 }
 
 /// Splits a filter into ranges, choosing the most selective index.
-fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
+fn plan(conn: &Connection, filter: &Filter) -> rusqlite::Result<(Vec<RangeKey>, Covered)> {
     let mut covered = Covered::default();
     if let Some(ids) = &filter.ids {
         covered.ids = true;
-        return (ids.iter().map(|id| RangeKey::Id(*id)).collect(), covered);
+        return Ok((ids.iter().map(|id| RangeKey::Id(*id)).collect(), covered));
     }
     if let Some(authors) = &filter.authors {
         covered.authors = true;
-        if let Some(kinds) = filter
-            .kinds
-            .as_ref()
-            .filter(|k| authors.len() * k.len() <= MAX_PAIRS)
-        {
-            covered.kinds = true;
-            let ranges = authors
-                .iter()
-                .flat_map(|a| kinds.iter().map(move |k| RangeKey::AuthorKind(*a, *k)))
-                .collect();
-            return (ranges, covered);
+        covered.kinds = true;
+        let mut ranges = Vec::new();
+        for author in authors {
+            // Without kinds: every kind this author has published.
+            let kinds = match &filter.kinds {
+                Some(kinds) => kinds.clone(),
+                None => kinds_of_author(conn, author)?,
+            };
+            ranges.extend(kinds.into_iter().map(|k| RangeKey::AuthorKind(*author, k)));
         }
-        return (
-            authors.iter().map(|a| RangeKey::Author(*a)).collect(),
-            covered,
-        );
+        return Ok((ranges, covered));
     }
     if let Some(condition) = filter.tags.iter().min_by_key(|c| c.values.len()) {
         covered.tag = Some(condition.letter);
@@ -108,13 +97,47 @@ fn plan(filter: &Filter) -> (Vec<RangeKey>, Covered) {
             .iter()
             .map(|v| RangeKey::Tag(letter, v.clone()))
             .collect();
-        return (ranges, covered);
+        return Ok((ranges, covered));
     }
-    if let Some(kinds) = &filter.kinds {
-        covered.kinds = true;
-        return (kinds.iter().map(|k| RangeKey::Kind(*k)).collect(), covered);
-    }
-    (vec![RangeKey::Everything], covered)
+    covered.kinds = true;
+    let kinds = match &filter.kinds {
+        Some(kinds) => kinds.clone(),
+        // Neither ids, authors, tags nor kinds: every stored kind.
+        None => stored_kinds(conn)?,
+    };
+    Ok((kinds.into_iter().map(RangeKey::Kind).collect(), covered))
+}
+
+/// The distinct kinds an author has stored, one index seek per kind (a
+/// skip-scan of `event_pubkey_kind_time`), so that an authors-only filter
+/// needs no index of its own.
+fn kinds_of_author(conn: &Connection, author: &[u8; 32]) -> rusqlite::Result<Vec<u16>> {
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE k(kind) AS (
+             SELECT (SELECT kind FROM event INDEXED BY event_pubkey_kind_time
+                     WHERE pubkey = ?1 ORDER BY kind LIMIT 1)
+             UNION ALL
+             SELECT (SELECT kind FROM event INDEXED BY event_pubkey_kind_time
+                     WHERE pubkey = ?1 AND kind > k.kind ORDER BY kind LIMIT 1)
+             FROM k WHERE k.kind IS NOT NULL)
+         SELECT kind FROM k WHERE kind IS NOT NULL",
+    )?;
+    stmt.query_map([&author[..]], |row| row.get(0))?.collect()
+}
+
+/// The distinct kinds in the store, by the same skip-scan over
+/// `event_kind_time`: a filter on time alone becomes one range per kind.
+fn stored_kinds(conn: &Connection) -> rusqlite::Result<Vec<u16>> {
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE k(kind) AS (
+             SELECT (SELECT kind FROM event INDEXED BY event_kind_time ORDER BY kind LIMIT 1)
+             UNION ALL
+             SELECT (SELECT kind FROM event INDEXED BY event_kind_time
+                     WHERE kind > k.kind ORDER BY kind LIMIT 1)
+             FROM k WHERE k.kind IS NOT NULL)
+         SELECT kind FROM k WHERE kind IS NOT NULL",
+    )?;
+    stmt.query_map([], |row| row.get(0))?.collect()
 }
 
 /// SQL text plus its parameters, numbered as they are pushed.
@@ -162,9 +185,7 @@ fn range_sql_selecting(
             let index = match key {
                 RangeKey::Id(_) => "event_id",
                 RangeKey::AuthorKind(..) => "event_pubkey_kind_time",
-                RangeKey::Author(_) => "event_pubkey_time",
-                RangeKey::Kind(_) => "event_kind_time",
-                _ => "event_time",
+                _ => "event_kind_time",
             };
             (
                 "e",
@@ -182,15 +203,11 @@ fn range_sql_selecting(
             conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec())));
             conditions.push(format!("e.kind = {}", sql.param(*kind)));
         }
-        RangeKey::Author(author) => {
-            conditions.push(format!("e.pubkey = {}", sql.param(author.to_vec())))
-        }
         RangeKey::Kind(kind) => conditions.push(format!("e.kind = {}", sql.param(*kind))),
         RangeKey::Tag(letter, value) => {
             conditions.push(format!("t.name = {}", sql.param(letter.to_string())));
             conditions.push(format!("t.value = {}", sql.param(tag_value(value))));
         }
-        RangeKey::Everything => {}
     }
     // Authors are never residual in a tag range: a filter with authors is
     // driven by them.
@@ -350,7 +367,7 @@ fn filter_candidates(
     let mut found: Vec<Candidate> = match scan_for_authors(conn, filter, limit, now)? {
         Some(found) => found,
         None => {
-            let (ranges, covered) = plan(filter);
+            let (ranges, covered) = plan(conn, filter)?;
             let mut found: HashSet<Candidate> = HashSet::new();
             for key in &ranges {
                 found.extend(read_range(
@@ -457,7 +474,7 @@ fn run_in_snapshot(
 /// `EXPLAIN QUERY PLAN` of every range statement a filter would run, for
 /// tests and for operators investigating a slow query.
 pub fn explain(conn: &Connection, filter: &Filter, now: i64) -> rusqlite::Result<Vec<String>> {
-    let (ranges, covered) = plan(filter);
+    let (ranges, covered) = plan(conn, filter)?;
     let mut plans = Vec::new();
     if let Some(key) = ranges.first() {
         let sql = range_sql(key, filter, covered, now);
@@ -487,6 +504,13 @@ mod tests {
         )
         .unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
+        // One event, so that the kinds of author "a…a" and of the store
+        // (enumerated for authors-only and kind-less filters) are not empty.
+        conn.execute(
+            "INSERT INTO event (id, pubkey, created_at, kind, json) VALUES (?1, ?2, 1, 1, '{}')",
+            rusqlite::params![vec![0u8; 32], vec![0xaa_u8; 32]],
+        )
+        .unwrap();
         (dir, conn)
     }
 
@@ -524,7 +548,7 @@ mod tests {
             (
                 "authors",
                 json!({"authors": [hex("a")]}),
-                "event_pubkey_time",
+                "event_pubkey_kind_time",
             ),
             (
                 "kinds",
@@ -544,10 +568,14 @@ mod tests {
             (
                 "#t+authors residual",
                 json!({"authors": [hex("a")], "#t": ["nostr"]}),
-                "event_pubkey_time",
+                "event_pubkey_kind_time",
             ),
-            ("time range", json!({"since": 1, "until": 2}), "event_time"),
-            ("everything", json!({"limit": 10}), "event_time"),
+            (
+                "time range",
+                json!({"since": 1, "until": 2}),
+                "event_kind_time",
+            ),
+            ("everything", json!({"limit": 10}), "event_kind_time"),
         ];
         for (name, filter, index) in shapes {
             let plan = plan_of(&conn, filter);
