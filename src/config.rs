@@ -260,7 +260,8 @@ impl Config {
         Ok(())
     }
 
-    /// Signature-checking threads: the configured number, or one per core.
+    /// Event-checking threads (duplicate look-up, policy, signature): the
+    /// configured number, or one per core.
     pub fn verify_threads(&self) -> usize {
         match self.storage.verify_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
