@@ -75,6 +75,9 @@ impl From<rusqlite::Error> for StoreError {
         match error.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => StoreError::Full,
             Some(ErrorCode::OperationInterrupted) => StoreError::Timeout,
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Other(
+                format!("the file is not a SQLite database, or it is corrupt ({error})"),
+            ),
             _ => StoreError::Other(error.to_string()),
         }
     }
@@ -111,7 +114,7 @@ impl Store {
                 .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut writer_conn = open_connection(path, options.durability, false)?;
-        schema::migrate(&mut writer_conn)?;
+        schema::migrate(&mut writer_conn, path).map_err(|e| StoreError::Other(e.to_string()))?;
         // The writer's working set (the tops of every index) stays cached.
         writer_conn.pragma_update(None, "cache_size", -65_536)?;
         let page_size: i64 = writer_conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;

@@ -497,13 +497,9 @@ mod tests {
 
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = super::super::open_connection(
-            &dir.path().join("plan.sqlite"),
-            Durability::Normal,
-            false,
-        )
-        .unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let path = dir.path().join("plan.sqlite");
+        let mut conn = super::super::open_connection(&path, Durability::Normal, false).unwrap();
+        super::super::schema::migrate(&mut conn, &path).unwrap();
         // One event, so that the kinds of author "a…a" and of the store
         // (enumerated for authors-only and kind-less filters) are not empty.
         conn.execute(

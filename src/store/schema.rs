@@ -4,6 +4,8 @@
 //! applies the missing ones in order, each in its own transaction, so an
 //! older database is upgraded without losing anything.
 
+use std::path::{Path, PathBuf};
+
 use rusqlite::Connection;
 
 /// Migrations in order; migration N (1-based) brings the database to
@@ -75,18 +77,72 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// Brings the database up to the newest schema.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Why the schema could not be brought up to date.
+#[derive(Debug)]
+pub enum MigrationError {
+    /// The database was written by a newer nostr-relayd: never downgrade.
+    Newer {
+        found: usize,
+        known: usize,
+    },
+    /// Copying the database aside before migrating failed.
+    Backup(rusqlite::Error),
+    Sql(rusqlite::Error),
+}
+
+impl std::fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrationError::Newer { found, known } => write!(
+                f,
+                "the database has schema version {found}, newer than the {known} this \
+                 nostr-relayd knows; refusing to start (run a newer nostr-relayd)"
+            ),
+            MigrationError::Backup(error) => {
+                write!(
+                    f,
+                    "could not copy the database aside before migrating: {error}"
+                )
+            }
+            MigrationError::Sql(error) => write!(f, "migration failed: {error}"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for MigrationError {
+    fn from(error: rusqlite::Error) -> Self {
+        MigrationError::Sql(error)
+    }
+}
+
+/// Brings the database at `path` up to the newest schema. An existing
+/// database is first copied aside (`<path>.pre-v<N>`, a consistent copy made
+/// with `VACUUM INTO`), so that a failed or regretted upgrade loses nothing.
+/// A database from a newer binary is refused, never silently downgraded.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), MigrationError> {
+    apply(conn, path, MIGRATIONS)
+}
+
+fn apply(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), MigrationError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let current = usize::try_from(current).unwrap_or(0);
-    if current > MIGRATIONS.len() {
-        tracing::warn!(
-            database_version = current,
-            known = MIGRATIONS.len(),
-            "database was written by a newer nostr-relayd"
-        );
+    let known = migrations.len();
+    if current > known {
+        return Err(MigrationError::Newer {
+            found: current,
+            known,
+        });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    if current == known {
+        return Ok(());
+    }
+    if current > 0 {
+        let backup = backup_path(path, current);
+        conn.execute("VACUUM INTO ?1", [backup.to_string_lossy()])
+            .map_err(MigrationError::Backup)?;
+        tracing::info!(backup = %backup.display(), from = current, to = known, "copied the database aside before migrating");
+    }
+    for (index, sql) in migrations.iter().enumerate().skip(current) {
         let version = index + 1;
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -97,7 +153,66 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// `<db>.pre-v<version>`, or with a numeric suffix if that name is taken.
+fn backup_path(path: &Path, version: usize) -> PathBuf {
+    let base = format!("{}.pre-v{version}", path.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    candidate
+}
+
 /// The schema version this binary writes.
 pub fn latest_version() -> usize {
     MIGRATIONS.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = "CREATE TABLE note (text TEXT); INSERT INTO note VALUES ('kept');";
+    const V2: &str = "ALTER TABLE note ADD COLUMN extra TEXT;";
+
+    #[test]
+    fn an_upgrade_copies_the_database_aside_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sqlite");
+        let mut conn = Connection::open(&path).unwrap();
+        apply(&mut conn, &path, &[V1]).unwrap();
+        assert!(
+            !dir.path().join("m.sqlite.pre-v1").exists(),
+            "a new database needs no copy"
+        );
+        apply(&mut conn, &path, &[V1, V2]).unwrap();
+        let copy = Connection::open(dir.path().join("m.sqlite.pre-v1")).unwrap();
+        let version: i64 = copy
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        let text: String = copy
+            .query_row("SELECT text FROM note", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((version, text.as_str()), (1, "kept"));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sqlite");
+        let mut conn = Connection::open(&path).unwrap();
+        apply(&mut conn, &path, &[V1, V2]).unwrap();
+        let error = apply(&mut conn, &path, &[V1]).unwrap_err();
+        assert!(
+            matches!(error, MigrationError::Newer { found: 2, known: 1 }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("refusing to start"));
+    }
 }
