@@ -62,6 +62,7 @@ fn event_count() -> usize {
 fn options() -> StoreOptions {
     StoreOptions {
         durability: Durability::Normal,
+        max_database_bytes: 0,
         reader_threads: 2,
         max_write_batch: 1024,
         query_timeout: QUERY_TIMEOUT,

@@ -86,6 +86,10 @@ pub struct Storage {
     pub query_timeout_ms: u64,
     pub max_write_batch: usize,
     pub expiration_sweep_seconds: u64,
+    /// Largest size of the database file in bytes; 0 means no cap. Writes
+    /// past it are refused with `OK false "error: …"` until space is freed
+    /// (deletions, expiry), never half-done.
+    pub max_database_bytes: u64,
 }
 
 /// How hard a commit tries to reach the disk.
@@ -150,6 +154,7 @@ impl Default for Storage {
             query_timeout_ms: 5000,
             max_write_batch: 1024,
             expiration_sweep_seconds: 60,
+            max_database_bytes: 0,
         }
     }
 }

@@ -53,6 +53,7 @@ async fn sql_and_memory_agree_on_every_filter_shape() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
         durability: Durability::Normal,
+        max_database_bytes: 0,
         reader_threads: 2,
         max_write_batch: 1024,
         query_timeout: Duration::from_secs(30),

@@ -76,6 +76,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
     let fanout = Arc::new(Fanout::new());
     let options = StoreOptions {
         durability: config.storage.durability,
+        max_database_bytes: config.storage.max_database_bytes,
         reader_threads: config.storage.reader_threads,
         max_write_batch: config.storage.max_write_batch,
         query_timeout: Duration::from_millis(config.storage.query_timeout_ms),

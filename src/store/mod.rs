@@ -87,6 +87,9 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub durability: Durability,
+    /// Database size cap in bytes (0: none), enforced by SQLite's
+    /// `max_page_count`: past it a write fails with SQLITE_FULL, cleanly.
+    pub max_database_bytes: u64,
     pub reader_threads: usize,
     pub max_write_batch: usize,
     pub query_timeout: Duration,
@@ -123,6 +126,10 @@ impl Store {
             "wal_autocheckpoint",
             checkpoint::WRITER_CHECKPOINT_BYTES / page_size.max(512),
         )?;
+        if options.max_database_bytes > 0 {
+            let pages = (options.max_database_bytes / page_size.max(512) as u64).max(1);
+            writer_conn.pragma_update(None, "max_page_count", pages as i64)?;
+        }
         // After a reset, give the disk back beyond this size.
         writer_conn.pragma_update(
             None,

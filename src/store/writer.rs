@@ -164,7 +164,9 @@ fn apply_together(
 }
 
 /// After a failure: each event in its own savepoint, so that one event's
-/// failure (say, the disk filling up on a big one) does not sink the others.
+/// failure does not sink the others. On SQLITE_FULL and I/O errors SQLite
+/// may roll back the whole transaction by itself: then nothing of the batch
+/// is stored, and every event of it gets the error (never `OK true`).
 fn apply_one_by_one(
     conn: &mut Connection,
     inserts: &[Insert],
@@ -173,13 +175,22 @@ fn apply_one_by_one(
     let mut outcomes = Vec::with_capacity(inserts.len());
     for (event, _) in inserts {
         let mut savepoint = tx.savepoint()?;
-        let outcome = apply_event(&savepoint, event).map_err(StoreError::from);
-        if outcome.is_ok() {
-            savepoint.commit()?;
-        } else {
-            savepoint.rollback()?;
+        match apply_event(&savepoint, event) {
+            Ok(outcome) => {
+                savepoint.commit()?;
+                outcomes.push(Ok(outcome));
+            }
+            Err(error) => {
+                let error = StoreError::from(error);
+                // Fails harmlessly when SQLite already rolled everything back.
+                let _ = savepoint.rollback();
+                drop(savepoint);
+                if tx.is_autocommit() {
+                    return Err(error);
+                }
+                outcomes.push(Err(error));
+            }
         }
-        outcomes.push(outcome);
     }
     tx.commit()?;
     Ok(outcomes)
