@@ -152,7 +152,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         let mut stored: HashMap<String, serde_json::Value> = HashMap::new();
         for (n, chunk) in ids.chunks(500).enumerate() {
             for e in client
-                .req(&format!("c{n}"), vec![json!({"ids": chunk, "limit": 500})])
+                .query(&format!("c{n}"), vec![json!({"ids": chunk, "limit": 500})])
                 .await
             {
                 stored.insert(e["id"].as_str().unwrap().to_owned(), e);
@@ -183,7 +183,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         let mut holds: HashMap<Address, (i64, [u8; 32])> = HashMap::new();
         for (n, chunk) in authors.chunks(100).enumerate() {
             let filter = json!({"authors": chunk, "kinds": [0, 3, 30023], "limit": 1000});
-            for value in client.req(&format!("a{n}"), vec![filter]).await {
+            for value in client.query(&format!("a{n}"), vec![filter]).await {
                 let event = Event::from_value(&value).unwrap();
                 let d = event.address_d().unwrap_or_default().to_owned();
                 holds.insert((event.pubkey, event.kind, d), (event.created_at, event.id));

@@ -238,6 +238,14 @@ impl Client {
         self.collect_until_eose(sub).await
     }
 
+    /// A REQ whose subscription is closed again after EOSE, for loops that
+    /// would otherwise pile up subscriptions past the relay's limit.
+    pub async fn query(&mut self, sub: &str, filters: Vec<Value>) -> Vec<Value> {
+        let events = self.req(sub, filters).await;
+        self.send_json(json!(["CLOSE", sub])).await;
+        events
+    }
+
     /// Collects `["EVENT", sub, …]` until `["EOSE", sub]`; panics on CLOSED.
     pub async fn collect_until_eose(&mut self, sub: &str) -> Vec<Value> {
         let mut events = Vec::new();
