@@ -61,6 +61,11 @@ impl<C: Send + 'static> WorkerPool<C> {
     {
         let (reply, result) = oneshot::channel();
         let job: Job<C> = Box::new(move |context| {
+            // The caller gave up (its task was aborted or its client left):
+            // skip the work instead of doing it for nobody.
+            if reply.is_closed() {
+                return;
+            }
             let _ = reply.send(job(context));
         });
         self.jobs.send(job).map_err(|_| PoolError)?;

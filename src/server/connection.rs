@@ -18,6 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -52,7 +53,11 @@ struct StoredReply {
 /// Where a subscription stands relative to its EOSE.
 enum Phase {
     /// The store is being queried; live events wait here.
-    Loading { buffer: Vec<Delivery> },
+    Loading {
+        buffer: Vec<Delivery>,
+        /// The query's task, aborted if the subscription ends first.
+        query: AbortHandle,
+    },
     /// EOSE sent; live events committed after `snapshot` are forwarded.
     Live { snapshot: u64 },
 }
@@ -64,6 +69,17 @@ struct Subscription {
     /// Distinguishes this REQ from an earlier one with the same id.
     generation: u64,
     phase: Phase,
+}
+
+impl Drop for Subscription {
+    /// A subscription closed, replaced or left behind by its connection
+    /// before its stored events arrived cancels its query: a client that
+    /// reconnects in a loop must not queue work nobody will read.
+    fn drop(&mut self) {
+        if let Phase::Loading { query, .. } = &self.phase {
+            query.abort();
+        }
+    }
 }
 
 /// Why the loop ended and how to close the socket.
@@ -118,6 +134,7 @@ pub async fn serve(
         done,
         unflushed: false,
     };
+    let _open = session.shared.counters.websockets.hold();
     tracing::debug!(%peer, "websocket connected");
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_period, ping_period);
     let mut awaiting_pong = false;
@@ -269,7 +286,9 @@ impl Session {
         let shared = self.shared.clone();
         let replies = self.replies.clone();
         let done = self.done.clone();
+        let in_flight = self.shared.counters.events_in_flight.hold();
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let id = event.id_hex();
             let verdict = shared.ingester.ingest(event).await;
             drop(permit);
@@ -341,27 +360,34 @@ impl Session {
             );
             return self.send_text(eose).await;
         }
-        self.subscriptions.insert(
-            sub_id.clone(),
-            Subscription {
-                key,
-                quoted_id,
-                generation,
-                phase: Phase::Loading { buffer: Vec::new() },
-            },
-        );
         let store = self.shared.store.clone();
         let replies = self.replies.clone();
-        tokio::spawn(async move {
+        let in_flight = self.shared.counters.queries_in_flight.hold();
+        let reply_to = sub_id.clone();
+        let query = tokio::spawn(async move {
+            let _in_flight = in_flight;
             let result = store.query(filters, query_limits).await;
             let _ = replies
                 .send(Reply::Stored(Box::new(StoredReply {
-                    sub_id,
+                    sub_id: reply_to,
                     generation,
                     result,
                 })))
                 .await;
-        });
+        })
+        .abort_handle();
+        self.subscriptions.insert(
+            sub_id,
+            Subscription {
+                key,
+                quoted_id,
+                generation,
+                phase: Phase::Loading {
+                    buffer: Vec::new(),
+                    query,
+                },
+            },
+        );
         Ok(())
     }
 
@@ -405,7 +431,7 @@ impl Session {
         };
         let snapshot = result.snapshot;
         let buffered = match std::mem::replace(&mut subscription.phase, Phase::Live { snapshot }) {
-            Phase::Loading { buffer } => buffer,
+            Phase::Loading { buffer, .. } => buffer,
             Phase::Live { .. } => Vec::new(),
         };
         let quoted_id = subscription.quoted_id.clone();
@@ -429,7 +455,7 @@ impl Session {
             return Ok(());
         };
         match &mut subscription.phase {
-            Phase::Loading { buffer } => {
+            Phase::Loading { buffer, .. } => {
                 if buffer.len() >= self.shared.config.network.send_queue_events {
                     let name = name.clone();
                     self.close_subscription(&name);

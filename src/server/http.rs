@@ -38,6 +38,17 @@ pub async fn handle(
             "too many connections, try again later\n",
         ));
     };
+    if request.uri().path() == "/debug/counters" && peer.ip().is_loopback() {
+        let in_use = shared.config.network.max_connections - shared.slots.available_permits();
+        let body = shared
+            .counters
+            .snapshot(shared.fanout.len(), in_use)
+            .to_string();
+        return Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::new(Bytes::from(body)))
+            .unwrap_or_default());
+    }
     if request.uri().path() != "/" {
         return Ok(plain(StatusCode::NOT_FOUND, "not found\n"));
     }

@@ -8,7 +8,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use super::Shared;
 use super::http;
@@ -24,7 +24,7 @@ pub async fn accept_loop(
     mut shutdown: Shutdown,
     done: mpsc::Sender<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.network.max_connections));
+    let slots = shared.slots.clone();
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {

@@ -3,6 +3,7 @@
 //! the protocol, the store and the fan-out are wired together.
 
 mod connection;
+pub mod counters;
 mod http;
 pub mod info;
 mod listener;
@@ -35,6 +36,9 @@ pub struct Shared {
     /// The NIP-11 document, serialized once.
     pub relay_info: Bytes,
     pub websocket: WebSocketConfig,
+    pub counters: counters::Counters,
+    /// Connection slots under `max_connections`.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A relay that is running; drop it or call [`RunningRelay::shutdown`].
@@ -138,6 +142,8 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             .read_buffer_size(1024)
             .write_buffer_size(8192)
             .max_write_buffer_size(max_message.saturating_mul(4).max(1 << 20)),
+        counters: counters::Counters::default(),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.network.max_connections)),
         config,
         store,
         fanout,
