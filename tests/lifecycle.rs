@@ -162,22 +162,21 @@ fn config_is_a_global_option() {
     }
 }
 
-/// When `accept` fails for lack of file descriptors (EMFILE), the relay backs
-/// off instead of spinning, and serves again once descriptors are free.
-#[tokio::test]
-async fn accept_backs_off_when_file_descriptors_run_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // `ulimit -n` in sh sets the hard limit too, so the relay cannot raise it.
-    let mut child = Command::new("sh")
+/// Starts the relay binary under a shell `ulimit` (`limit`, e.g. "-n 48"),
+/// with stderr captured, and waits until it accepts connections.
+async fn spawn_with_ulimit(
+    limit: &str,
+    db: &std::path::Path,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new("sh")
         .arg("-c")
-        .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
+        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_nostr-relayd"))
         .arg("--config")
         .arg(shipped_config())
         .env("NOSTR_RELAYD_LISTEN", addr.to_string())
-        .env("NOSTR_RELAYD_DB", dir.path().join("fd.sqlite"))
+        .env("NOSTR_RELAYD_DB", db)
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -187,6 +186,16 @@ async fn accept_backs_off_when_file_descriptors_run_out() {
         assert!(std::time::Instant::now() < deadline, "relay did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (child, addr)
+}
+
+/// When `accept` fails for lack of file descriptors (EMFILE), the relay backs
+/// off instead of spinning, and serves again once descriptors are free.
+#[tokio::test]
+async fn accept_backs_off_when_file_descriptors_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // `ulimit -n` in sh sets the hard limit too, so the relay cannot raise it.
+    let (mut child, addr) = spawn_with_ulimit("-n 48", &dir.path().join("fd.sqlite")).await;
     // Far more connections than descriptors: accepts start failing.
     let mut hogs = Vec::new();
     for _ in 0..80 {
@@ -219,23 +228,7 @@ async fn accept_backs_off_when_file_descriptors_run_out() {
 #[tokio::test]
 async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -S -n 64 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_nostr-relayd"))
-        .arg("--config")
-        .arg(shipped_config())
-        .env("NOSTR_RELAYD_LISTEN", addr.to_string())
-        .env("NOSTR_RELAYD_DB", dir.path().join("nofile.sqlite"))
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "relay did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, _) = spawn_with_ulimit("-S -n 64", &dir.path().join("nofile.sqlite")).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();

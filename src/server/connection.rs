@@ -347,48 +347,48 @@ impl Session {
             .any(|f| query_limits.effective(f) > 0 && !f.is_unsatisfiable());
         let quoted_id = quote(&sub_id);
         self.names.insert(key, sub_id.clone());
-        if !needs_query {
-            let eose = message::eose(&quoted_id);
-            self.subscriptions.insert(
-                sub_id,
-                Subscription {
-                    key,
-                    quoted_id,
-                    generation,
-                    phase: Phase::Live { snapshot: 0 },
-                },
-            );
-            return self.send_text(eose).await;
-        }
-        let store = self.shared.store.clone();
-        let replies = self.replies.clone();
-        let in_flight = self.shared.counters.queries_in_flight.hold();
-        let reply_to = sub_id.clone();
-        let query = tokio::spawn(async move {
-            let _in_flight = in_flight;
-            let result = store.query(filters, query_limits).await;
-            let _ = replies
-                .send(Reply::Stored(Box::new(StoredReply {
-                    sub_id: reply_to,
-                    generation,
-                    result,
-                })))
-                .await;
-        })
-        .abort_handle();
+        let phase = if needs_query {
+            Phase::Loading {
+                buffer: Vec::new(),
+                query: self.spawn_query(sub_id.clone(), generation, filters),
+            }
+        } else {
+            Phase::Live { snapshot: 0 }
+        };
+        let eose = (!needs_query).then(|| message::eose(&quoted_id));
         self.subscriptions.insert(
             sub_id,
             Subscription {
                 key,
                 quoted_id,
                 generation,
-                phase: Phase::Loading {
-                    buffer: Vec::new(),
-                    query,
-                },
+                phase,
             },
         );
-        Ok(())
+        match eose {
+            Some(eose) => self.send_text(eose).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a REQ's query on its own task; its result comes back as a
+    /// [`Reply::Stored`]. Aborted through the handle if the subscription ends.
+    fn spawn_query(&self, sub_id: String, generation: u64, filters: Arc<[Filter]>) -> AbortHandle {
+        let store = self.shared.store.clone();
+        let replies = self.replies.clone();
+        let query_limits = self.shared.query_limits;
+        let in_flight = self.shared.counters.queries_in_flight.hold();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let result = store.query(filters, query_limits).await;
+            let reply = StoredReply {
+                sub_id,
+                generation,
+                result,
+            };
+            let _ = replies.send(Reply::Stored(Box::new(reply))).await;
+        })
+        .abort_handle()
     }
 
     async fn on_reply(&mut self, reply: Reply) -> Result<(), Exit> {
