@@ -180,12 +180,21 @@ pub async fn serve(
             code,
             reason: reason.into(),
         };
-        let _ = session.sink.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            session.sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
-    let _ = session.sink.close().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, session.sink.close()).await;
     session.unsubscribe_all();
     tracing::debug!(%peer, "websocket closed");
 }
+
+/// Longest a write to the socket may stall. A client that stops reading
+/// fills its TCP window; without this bound its task (and everything queued
+/// for it) would wait forever, even after its live queue overflowed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many ready replies or deliveries one loop turn handles before it
 /// flushes and looks at the socket again.
@@ -195,7 +204,10 @@ impl Session {
     /// Queues a frame; [`Session::flush`] writes it out.
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
         self.unflushed = true;
-        self.sink.feed(message).await.map_err(|_| Exit::Quietly)
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Exit::Quietly),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), Exit> {
@@ -203,7 +215,10 @@ impl Session {
             return Ok(());
         }
         self.unflushed = false;
-        self.sink.flush().await.map_err(|_| Exit::Quietly)
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Exit::Quietly),
+        }
     }
 
     async fn drain_ready(
@@ -243,7 +258,7 @@ impl Session {
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
             Some(Ok(Message::Close(_))) => {
                 // Flush the close reply tungstenite queued.
-                let _ = self.sink.flush().await;
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await;
                 Err(Exit::Quietly)
             }
             Some(Err(WsError::Utf8(_))) => Err(Exit::Close(
