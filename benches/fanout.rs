@@ -31,12 +31,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use nostr_relayd::fanout::{Delivery, Fanout, Mailbox, Overflow};
+use nostr_relayd::fanout::{Deliveries, Fanout, Mailbox, Overflow};
 use nostr_relayd::nostr::{CanonicalEvent, Event, Filter};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const NOW: i64 = 1_700_000_000;
@@ -51,7 +50,7 @@ const MAILBOX_CAPACITY: usize = 1024;
 /// A relay's live subscriptions, with every receiving end kept alive.
 struct Relay {
     fanout: Fanout,
-    receivers: Vec<mpsc::Receiver<Delivery>>,
+    receivers: Vec<Deliveries>,
     overflows: Vec<Arc<Overflow>>,
     /// Users (pubkeys) and notes that subscriptions refer to.
     users: Vec<[u8; 32]>,
@@ -199,7 +198,7 @@ fn receiving(relay: &mut Relay, event: &Arc<CanonicalEvent>) -> Vec<usize> {
         .enumerate()
         .filter_map(|(index, rx)| {
             let mut got = 0;
-            while rx.try_recv().is_ok() {
+            while rx.try_recv().is_some() {
                 got += 1;
             }
             (got > 0).then_some(index)
@@ -240,7 +239,7 @@ fn bench_publish(c: &mut Criterion) {
                         }
                         elapsed += start.elapsed();
                         for &index in &targets {
-                            while receivers[index].try_recv().is_ok() {}
+                            while receivers[index].try_recv().is_some() {}
                         }
                         left -= n;
                     }

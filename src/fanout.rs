@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Notify, mpsc};
@@ -34,6 +34,14 @@ pub struct Delivery {
 pub struct Mailbox {
     queue: mpsc::Sender<Delivery>,
     overflow: Arc<Overflow>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The receiving side of a [`Mailbox`]. It keeps the relay-wide count of
+/// queued deliveries true, including for what is left when it is dropped.
+pub struct Deliveries {
+    receiver: mpsc::Receiver<Delivery>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// Set when a delivery found the queue full; the connection's task waits on
@@ -45,25 +53,63 @@ pub struct Overflow {
 }
 
 impl Mailbox {
-    /// A mailbox holding at most `capacity` undelivered events.
-    pub fn new(capacity: usize) -> (Mailbox, mpsc::Receiver<Delivery>, Arc<Overflow>) {
+    /// A mailbox holding at most `capacity` undelivered events, counted in
+    /// a queue gauge of its own (see [`Fanout::mailbox`] for the shared one).
+    pub fn new(capacity: usize) -> (Mailbox, Deliveries, Arc<Overflow>) {
+        Mailbox::counted(capacity, Arc::default())
+    }
+
+    fn counted(capacity: usize, queued: Arc<AtomicUsize>) -> (Mailbox, Deliveries, Arc<Overflow>) {
         let (queue, receiver) = mpsc::channel(capacity);
         let overflow = Arc::new(Overflow::default());
         (
             Mailbox {
                 queue,
                 overflow: overflow.clone(),
+                queued: queued.clone(),
             },
-            receiver,
+            Deliveries { receiver, queued },
             overflow,
         )
     }
 
     fn deliver(&self, delivery: Delivery) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(delivery) {
-            self.overflow.happened.store(true, Ordering::Relaxed);
-            self.overflow.notify.notify_one();
+        // Counted before the send, so the receiver never subtracts first.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = self.queue.try_send(delivery) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            if let mpsc::error::TrySendError::Full(_) = error {
+                self.overflow.happened.store(true, Ordering::Relaxed);
+                self.overflow.notify.notify_one();
+            }
         }
+    }
+}
+
+impl Deliveries {
+    /// The next delivery; `None` once every sender is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let delivery = self.receiver.recv().await;
+        if delivery.is_some() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        delivery
+    }
+
+    /// A delivery that is already waiting, if any.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let delivery = self.receiver.try_recv().ok();
+        if delivery.is_some() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        delivery
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.receiver.close();
+        while self.try_recv().is_some() {}
     }
 }
 
@@ -98,6 +144,8 @@ struct Index {
 pub struct Fanout {
     index: RwLock<Index>,
     next_key: AtomicU64,
+    /// Deliveries waiting in every connection's mailbox.
+    queued: Arc<AtomicUsize>,
 }
 
 /// The buckets a filter is filed under: the most selective field it has.
@@ -206,6 +254,17 @@ impl Fanout {
         Fanout::default()
     }
 
+    /// A connection's mailbox, counted in [`Fanout::queued`].
+    pub fn mailbox(&self, capacity: usize) -> (Mailbox, Deliveries, Arc<Overflow>) {
+        Mailbox::counted(capacity, self.queued.clone())
+    }
+
+    /// Live events delivered to mailboxes and not yet taken by their
+    /// connections: bounded by `send_queue_events` per connection.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Registers a subscription; from now on every published event it
     /// matches goes to `mailbox`.
     pub fn subscribe(&self, mailbox: Mailbox, filters: Arc<[Filter]>) -> SubscriptionKey {
@@ -311,7 +370,7 @@ mod tests {
         let other = fanout.subscribe(mailbox.clone(), filters(json!([{"kinds": [2]}])));
         let everything = fanout.subscribe(mailbox, filters(json!([{}])));
         fanout.publish(&canonical(1, json!([["t", "x"]])), Some(7));
-        let mut got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+        let mut got: Vec<_> = std::iter::from_fn(|| rx.try_recv())
             .map(|d| d.key)
             .collect();
         got.sort();
@@ -332,5 +391,28 @@ mod tests {
         assert!(!overflow.happened.load(Ordering::Relaxed));
         fanout.publish(&canonical(1, json!([])), Some(2));
         assert!(overflow.happened.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_queued_gauge_counts_what_waits_in_mailboxes() {
+        let fanout = Fanout::new();
+        let (first, mut first_rx, _) = fanout.mailbox(4);
+        let (second, second_rx, _) = fanout.mailbox(1);
+        fanout.subscribe(first, filters(json!([{}])));
+        fanout.subscribe(second, filters(json!([{}])));
+        for seq in 1..=3 {
+            fanout.publish(&canonical(1, json!([])), Some(seq));
+        }
+        // 3 in the first, 1 in the second (its other two overflowed).
+        assert_eq!(fanout.queued(), 4);
+        assert!(first_rx.try_recv().is_some());
+        assert_eq!(fanout.queued(), 3);
+        drop(second_rx);
+        assert_eq!(fanout.queued(), 2);
+        drop(first_rx);
+        assert_eq!(fanout.queued(), 0);
+        // A closed mailbox takes nothing and counts nothing.
+        fanout.publish(&canonical(1, json!([])), Some(4));
+        assert_eq!(fanout.queued(), 0);
     }
 }

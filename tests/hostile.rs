@@ -128,9 +128,9 @@ async fn malformed_websocket_frames_close_only_their_connection() {
             vec![0x09, 0x80, 0, 0, 0, 0],                   // fragmented control frame
             vec![0x01, 0x81, 0, 0, 0, 0, b'a', 0x01, 0x81, 0, 0, 0, 0, b'b'], // new message inside a fragmented one
         ];
-        for frame in frames {
+        for frame in frames.iter().cycle().take(frames.len() * 300) {
             let mut stream = upgrade(addr).await;
-            stream.write_all(&frame).await.unwrap();
+            stream.write_all(frame).await.unwrap();
             let mut buffer = vec![0u8; 1024];
             let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
             // Either a close frame or the socket simply ends; never a hang.
@@ -161,6 +161,108 @@ async fn a_ping_flood_is_absorbed() {
     .await;
 }
 
+/// Subscribers that never read: the relay holds a bounded amount for each
+/// (`send_queue_events` deliveries, a bounded write buffer) and drops each
+/// one as soon as its live queue overflows, while others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_never_read_are_bounded_and_dropped() {
+    const READERS: usize = 10;
+    let relay = TestRelay::start_with(|c| c.network.send_queue_events = 256).await;
+    let keys = Keys::generate();
+    let big = "x".repeat(16 * 1024);
+    let flood: Vec<String> = (0..3000)
+        .map(|n| json!(["EVENT", to_value(&note(&keys, &format!("{n} {big}")))]).to_string())
+        .collect();
+    let addr = relay.addr;
+    let peak = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let seen = peak.clone();
+    under_attack(
+        "subscribers that never read",
+        &relay,
+        |url, addr| async move {
+            let mut readers = Vec::new();
+            for n in 0..READERS {
+                // A small receive window: the relay's writes stall soon, as
+                // they do for a phone that went out of coverage.
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_recv_buffer_size(4096).unwrap();
+                let mut stream = upgrade_stream(socket.connect(addr).await.unwrap()).await;
+                let req = format!(r#"["REQ","all{n}",{{"limit":0}}]"#);
+                stream.write_all(&masked_text_frame(&req)).await.unwrap();
+                readers.push(stream); // never read again
+            }
+            let mut publisher = Client::connect(&url).await;
+            let mut in_flight = 0;
+            for frame in &flood {
+                publisher.send_text(frame.clone()).await;
+                in_flight += 1;
+                while in_flight >= 32 {
+                    let _ = publisher.recv().await;
+                    in_flight -= 1;
+                }
+                let counters = debug_counters(addr).await;
+                let mut peak = seen.lock().unwrap();
+                peak.0 = peak.0.max(counters["queued_bytes"].as_u64().unwrap());
+                peak.1 = peak.1.max(counters["queued_events"].as_u64().unwrap());
+            }
+            while in_flight > 0 {
+                let _ = publisher.recv().await;
+                in_flight -= 1;
+            }
+            // Every reader is dropped while it still has not read: only the
+            // publisher and the well-behaved client are left.
+            let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+                while debug_counters(addr).await["websockets"].as_u64() > Some(2) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+            assert!(
+                dropped.is_ok(),
+                "the readers that never read were not dropped"
+            );
+            drop(readers);
+        },
+    )
+    .await;
+    let (bytes, events) = *peak.lock().unwrap();
+    println!("peak queued: {bytes} bytes, {events} events");
+    // Per reader: at most its mailbox, and in bytes what the kernel's
+    // socket buffers take plus the writer's bounded buffer (1 MiB with
+    // the default max_message_length) and one frame. The publisher and the
+    // good client hold a little too.
+    assert!(
+        events <= (READERS as u64 + 2) * 256,
+        "{events} events queued"
+    );
+    let kernel = tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem");
+    let per_reader = kernel + (1 << 20) + 20 * 1024;
+    assert!(
+        bytes <= (READERS as u64 + 2) * per_reader,
+        "{bytes} bytes queued; bound {per_reader} per reader"
+    );
+    // Once the last connections have wound down, nothing is queued.
+    let mut after = debug_counters(addr).await;
+    for _ in 0..50 {
+        if after["websockets"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = debug_counters(addr).await;
+    }
+    assert_eq!(after["websockets"], 0, "{after}");
+    assert_eq!(after["queued_events"], 0, "{after}");
+    assert_eq!(after["queued_bytes"], 0, "{after}");
+}
+
+/// The largest size Linux lets one TCP socket buffer grow to.
+fn tcp_buffer_max(name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        .ok()
+        .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        .unwrap_or(8 << 20)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compression_is_not_negotiated() {
     let relay = TestRelay::start().await;
@@ -181,24 +283,4 @@ async fn compression_is_not_negotiated() {
         !head.contains("sec-websocket-extensions"),
         "no extension is accepted: {head}"
     );
-}
-
-/// A WebSocket upgrade by hand, for writing raw frames.
-async fn upgrade(addr: std::net::SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
 }

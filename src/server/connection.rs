@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Shared;
-use crate::fanout::{Delivery, Mailbox, Overflow, SubscriptionKey};
+use crate::fanout::{Deliveries, Delivery, Mailbox, Overflow, SubscriptionKey};
 use crate::nostr::message::{self, quote};
 use crate::nostr::{ClientMessage, Filter, Rejection};
 use crate::shutdown::Shutdown;
@@ -84,8 +84,13 @@ impl Drop for Subscription {
 
 /// Why the loop ended and how to close the socket.
 enum Exit {
+    /// The client closed, or is gone: close our side normally.
     Quietly,
+    /// Send this close frame first.
     Close(CloseCode, &'static str),
+    /// A write failed or stalled: the socket cannot take even a close
+    /// frame, so it is dropped at once.
+    Abandon,
 }
 
 /// The state of one client connection.
@@ -103,6 +108,8 @@ struct Session {
     done: mpsc::Sender<()>,
     /// Frames fed to the sink since the last flush.
     unflushed: bool,
+    /// Their size, counted in the relay-wide `queued_bytes`.
+    unflushed_bytes: usize,
 }
 
 /// Serves one upgraded WebSocket until either side closes it or the relay
@@ -116,7 +123,7 @@ pub async fn serve(
 ) {
     let (sink, mut stream) = socket.split();
     let network = &shared.config.network;
-    let (mailbox, mut deliveries, overflow) = Mailbox::new(network.send_queue_events);
+    let (mailbox, mut deliveries, overflow) = shared.fanout.mailbox(network.send_queue_events);
     let (replies, mut reply_queue) =
         mpsc::channel(network.max_events_in_flight + shared.config.limits.max_subscriptions);
     let ping_period = Duration::from_secs(network.ping_interval_seconds.max(1));
@@ -133,6 +140,7 @@ pub async fn serve(
         next_generation: 0,
         done,
         unflushed: false,
+        unflushed_bytes: 0,
     };
     let _open = session.shared.counters.websockets.hold();
     tracing::debug!(%peer, "websocket connected");
@@ -175,18 +183,24 @@ pub async fn serve(
             break exit;
         }
     };
-    if let Exit::Close(code, reason) = exit {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(
-            WRITE_TIMEOUT,
-            session.sink.send(Message::Close(Some(frame))),
-        )
-        .await;
+    match exit {
+        Exit::Abandon => {}
+        Exit::Quietly => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.sink.close()).await;
+        }
+        Exit::Close(code, reason) => {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                session.sink.send(Message::Close(Some(frame))),
+            )
+            .await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.sink.close()).await;
+        }
     }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, session.sink.close()).await;
     session.unsubscribe_all();
     tracing::debug!(%peer, "websocket closed");
 }
@@ -196,18 +210,24 @@ pub async fn serve(
 /// for it) would wait forever, even after its live queue overflowed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest the closing handshake may take once the session is over.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How many ready replies or deliveries one loop turn handles before it
 /// flushes and looks at the socket again.
 const DRAIN_BATCH: usize = 256;
 
 impl Session {
-    /// Queues a frame; [`Session::flush`] writes it out.
+    /// Queues a frame; [`Session::flush`] writes it out. The sink writes
+    /// by itself once its buffer is full, so this too can wait on a client
+    /// that does not read.
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
+        let bytes = message.len();
         self.unflushed = true;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(message)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Exit::Quietly),
-        }
+        self.unflushed_bytes += bytes;
+        self.shared.counters.queued_bytes.add(bytes);
+        let write = tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(message));
+        Self::stalled_unless(write, &self.overflow, self.peer).await
     }
 
     async fn flush(&mut self) -> Result<(), Exit> {
@@ -215,16 +235,42 @@ impl Session {
             return Ok(());
         }
         self.unflushed = false;
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Exit::Quietly),
+        let write = tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush());
+        Self::stalled_unless(write, &self.overflow, self.peer).await?;
+        self.shared.counters.queued_bytes.sub(self.unflushed_bytes);
+        self.unflushed_bytes = 0;
+        Ok(())
+    }
+
+    /// Waits for a write unless it fails, takes longer than
+    /// [`WRITE_TIMEOUT`], or the live queue overflows meanwhile: a client
+    /// that stopped reading is dropped as soon as its queue is full, not
+    /// after the timeout.
+    async fn stalled_unless<W>(write: W, overflow: &Overflow, peer: SocketAddr) -> Result<(), Exit>
+    where
+        W: std::future::Future<Output = Result<Result<(), WsError>, tokio::time::error::Elapsed>>,
+    {
+        tokio::select! {
+            written = write => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Exit::Abandon),
+                Err(_) => {
+                    tracing::info!(%peer, "dropping a connection whose writes stalled for {} s", WRITE_TIMEOUT.as_secs());
+                    Err(Exit::Abandon)
+                }
+            },
+            // Only an overflow notifies, and it sets the flag first.
+            _ = overflow.notify.notified() => {
+                tracing::info!(%peer, "dropping a connection that stopped reading its live events");
+                Err(Exit::Abandon)
+            }
         }
     }
 
     async fn drain_ready(
         &mut self,
         replies: &mut mpsc::Receiver<Reply>,
-        deliveries: &mut mpsc::Receiver<Delivery>,
+        deliveries: &mut Deliveries,
     ) -> Result<(), Exit> {
         for _ in 0..DRAIN_BATCH {
             match replies.try_recv() {
@@ -234,8 +280,8 @@ impl Session {
         }
         for _ in 0..DRAIN_BATCH {
             match deliveries.try_recv() {
-                Ok(delivery) => self.on_delivery(delivery).await?,
-                Err(_) => break,
+                Some(delivery) => self.on_delivery(delivery).await?,
+                None => break,
             }
         }
         Ok(())
@@ -525,8 +571,10 @@ fn is_after(delivery: &Delivery, snapshot: u64) -> bool {
 }
 
 impl Drop for Session {
-    /// Also runs if a bug panics this task: no subscription outlives it.
+    /// Also runs if a bug panics this task: no subscription outlives it,
+    /// and the bytes it never wrote leave the relay-wide count.
     fn drop(&mut self) {
         self.unsubscribe_all();
+        self.shared.counters.queued_bytes.sub(self.unflushed_bytes);
     }
 }

@@ -35,6 +35,27 @@ impl Drop for Held {
     }
 }
 
+/// A quantity that rises and falls by more than one at a time (bytes).
+#[derive(Debug, Default)]
+pub struct Amount(AtomicUsize);
+
+impl Amount {
+    /// Counts `n` more.
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` fewer; every `sub` matches an earlier `add`.
+    pub fn sub(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The current amount.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The gauges the server keeps.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -44,11 +65,19 @@ pub struct Counters {
     pub events_in_flight: Gauge,
     /// REQ queries running in the store.
     pub queries_in_flight: Gauge,
+    /// Bytes of frames handed to sockets and not yet flushed to the kernel:
+    /// what clients that do not read are holding.
+    pub queued_bytes: Amount,
 }
 
 impl Counters {
     /// The counters, with the ones owned elsewhere passed in.
-    pub fn snapshot(&self, subscriptions: usize, http_connections: usize) -> Value {
+    pub fn snapshot(
+        &self,
+        subscriptions: usize,
+        queued_events: usize,
+        http_connections: usize,
+    ) -> Value {
         let tasks = tokio::runtime::Handle::try_current()
             .map(|handle| handle.metrics().num_alive_tasks())
             .unwrap_or(0);
@@ -58,6 +87,8 @@ impl Counters {
             "subscriptions": subscriptions,
             "events_in_flight": self.events_in_flight.get(),
             "queries_in_flight": self.queries_in_flight.get(),
+            "queued_events": queued_events,
+            "queued_bytes": self.queued_bytes.get(),
             "tasks": tasks,
         })
     }

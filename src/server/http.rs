@@ -42,7 +42,7 @@ pub async fn handle(
         let in_use = shared.config.network.max_connections - shared.slots.available_permits();
         let body = shared
             .counters
-            .snapshot(shared.fanout.len(), in_use)
+            .snapshot(shared.fanout.len(), shared.fanout.queued(), in_use)
             .to_string();
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/json")

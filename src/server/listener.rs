@@ -17,6 +17,36 @@ use crate::shutdown::Shutdown;
 /// How long a client may take to send its HTTP request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a flood of refused connections is summed up in the log.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
+
+/// Logs connections refused at `max_connections` once per period with a
+/// count, never once per connection: a flood must not flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, max_connections: usize) {
+        self.unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_PERIOD)
+        {
+            tracing::warn!(
+                max_connections,
+                refused = self.unlogged,
+                "max_connections reached; answering 503 (logged at most once a minute)"
+            );
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        }
+    }
+}
+
 /// Accepts until shutdown. Each connection gets a task holding `done`.
 pub async fn accept_loop(
     listener: TcpListener,
@@ -26,6 +56,7 @@ pub async fn accept_loop(
 ) {
     let slots = shared.slots.clone();
     let mut backoff = Duration::from_millis(10);
+    let mut refusals = RefusalLog::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.recv() => return,
@@ -50,7 +81,7 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let slot = slots.clone().try_acquire_owned().ok().map(Arc::new);
         if slot.is_none() {
-            tracing::debug!(%peer, "max_connections reached; answering 503");
+            refusals.refused(shared.config.network.max_connections);
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();

@@ -14,6 +14,7 @@ use nostr::prelude::*;
 use nostr_relayd::{Config, RunningRelay};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
@@ -97,6 +98,17 @@ impl RelayProcess {
     /// Starts the binary with `config_path`, overriding listen and database
     /// through the environment, and waits until it accepts connections.
     pub async fn spawn(config_path: &Path, db: &Path) -> RelayProcess {
+        RelayProcess::spawn_logging(config_path, db, "warn", Stdio::inherit()).await
+    }
+
+    /// As [`RelayProcess::spawn`], with `RUST_LOG` set to `log` and the
+    /// relay's stderr (its log) sent to `stderr`.
+    pub async fn spawn_logging(
+        config_path: &Path,
+        db: &Path,
+        log: &str,
+        stderr: Stdio,
+    ) -> RelayProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nostr-relayd"))
@@ -104,9 +116,10 @@ impl RelayProcess {
             .arg(config_path)
             .env("NOSTR_RELAYD_LISTEN", addr.to_string())
             .env("NOSTR_RELAYD_DB", db)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn nostr-relayd");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -319,4 +332,58 @@ pub fn event(keys: &Keys, kind: u16, content: &str, tags: &[&[&str]], created_at
 /// An event's JSON as a serde value, to be tampered with.
 pub fn to_value(event: &Event) -> Value {
     serde_json::from_str(&event.as_json()).unwrap()
+}
+
+// Raw sockets, for clients that break the rules.
+
+/// A client text frame, masked with the zero key (RFC 6455 requires a mask,
+/// not a secret one).
+pub fn masked_text_frame(text: &str) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    let len = text.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend((len as u16).to_be_bytes());
+    }
+    frame.extend([0, 0, 0, 0]);
+    frame.extend(text.as_bytes());
+    frame
+}
+
+/// The relay's `/debug/counters`, fetched over a plain HTTP/1.1 request.
+pub async fn debug_counters(addr: std::net::SocketAddr) -> serde_json::Value {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /debug/counters HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("counters: {response}"))
+}
+
+/// A WebSocket upgrade by hand, for writing raw frames.
+pub async fn upgrade(addr: std::net::SocketAddr) -> TcpStream {
+    upgrade_stream(TcpStream::connect(addr).await.unwrap()).await
+}
+
+pub async fn upgrade_stream(mut stream: TcpStream) -> TcpStream {
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream
 }
