@@ -8,6 +8,7 @@
 //! promises. One hop to a checker instead of one to a reader and another to
 //! a verifier halves the thread wake-ups per event.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::fanout::Fanout;
@@ -41,6 +42,17 @@ impl Verdict {
     }
 }
 
+/// Where an EVENT came from: what the access rules, NIP-70 and the write
+/// plugin decide by, beside the event itself.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The client's address (after trusted-proxy headers); `None` for
+    /// events that did not come over the network (import).
+    pub address: Option<IpAddr>,
+    /// Pubkeys this connection has proven with NIP-42 AUTH.
+    pub authenticated: Vec<[u8; 32]>,
+}
+
 /// Everything an EVENT needs on its way to the store.
 pub struct Ingester {
     pub store: Arc<Store>,
@@ -56,7 +68,8 @@ const DELETED: &str = "blocked: this event was deleted by its author (NIP-09)";
 impl Ingester {
     /// Takes one event through every check and, if it passes, commits it
     /// (or, for an ephemeral kind, hands it to live subscribers).
-    pub async fn ingest(&self, event: Event) -> Verdict {
+    pub async fn ingest(&self, event: Event, origin: &Origin) -> Verdict {
+        let _ = origin; // read by the access rules, NIP-70 and the plugin
         if let Err(error) = event.verify_id() {
             return Verdict::refuse(format!("invalid: {error}"));
         }

@@ -7,6 +7,7 @@ pub mod filter;
 pub mod hex;
 pub mod kind;
 pub mod message;
+pub mod relay_url;
 
 pub use event::{CanonicalEvent, Event, EventError};
 pub use filter::{Filter, FilterError};

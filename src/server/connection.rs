@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Shared;
 use crate::fanout::{Deliveries, Delivery, Mailbox, Overflow, SubscriptionKey};
+use crate::ingest::Origin;
 use crate::nostr::message::{self, quote};
 use crate::nostr::{ClientMessage, Filter, Rejection};
 use crate::shutdown::Shutdown;
@@ -110,6 +111,8 @@ struct Session {
     unflushed: bool,
     /// Their size, counted in the relay-wide `queued_bytes`.
     unflushed_bytes: usize,
+    /// Pubkeys proven on this connection with NIP-42 AUTH.
+    authenticated: Vec<[u8; 32]>,
 }
 
 /// Serves one upgraded WebSocket until either side closes it or the relay
@@ -141,6 +144,7 @@ pub async fn serve(
         done,
         unflushed: false,
         unflushed_bytes: 0,
+        authenticated: Vec::new(),
     };
     let _open = session.shared.counters.websockets.hold();
     tracing::debug!(%peer, "websocket connected");
@@ -348,10 +352,14 @@ impl Session {
         let replies = self.replies.clone();
         let done = self.done.clone();
         let in_flight = self.shared.counters.events_in_flight.hold();
+        let origin = Origin {
+            address: Some(self.peer.ip()),
+            authenticated: self.authenticated.clone(),
+        };
         tokio::spawn(async move {
             let _in_flight = in_flight;
             let id = event.id_hex();
-            let verdict = shared.ingester.ingest(event).await;
+            let verdict = shared.ingester.ingest(event, &origin).await;
             drop(permit);
             let _ = replies
                 .send(Reply::Frame(message::ok(
