@@ -20,6 +20,10 @@ pub struct Config {
     pub listen: String,
     /// SQLite database file; its directory is created on first start.
     pub database: PathBuf,
+    /// The relay's public URL (wss://…) as clients see it behind a proxy;
+    /// empty: taken from each request's Host header.
+    pub relay_url: String,
+    pub auth: Auth,
     pub info: Info,
     pub limits: Limits,
     pub network: Network,
@@ -45,6 +49,31 @@ pub struct Info {
     pub posting_policy: String,
 }
 
+/// NIP-42 authentication and the reads and writes it guards.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Challenge every connection and accept `AUTH` replies.
+    pub enabled: bool,
+    /// Refuse EVENTs from unauthenticated connections.
+    pub required_for_write: bool,
+    /// Refuse REQs (and COUNTs) from unauthenticated connections.
+    pub required_for_read: bool,
+    /// Kinds readable only by their author or a `p`-tagged pubkey.
+    pub private_kinds: Vec<u16>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            enabled: true,
+            required_for_write: false,
+            required_for_read: false,
+            private_kinds: vec![4, 1059],
+        }
+    }
+}
+
 /// Limits on what clients may send; each one advertised in NIP-11 where the
 /// NIP has a field for it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -62,6 +91,8 @@ pub struct Limits {
     pub created_at_lower_limit: u64,
     /// Seconds into the future an event's created_at may lie; 0 means no limit.
     pub created_at_upper_limit: u64,
+    /// NIP-13: leading zero bits required of an event id; 0 = none.
+    pub min_pow_difficulty: u8,
 }
 
 /// Connection handling.
@@ -105,6 +136,8 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7777".into(),
             database: PathBuf::from("./data/nostr-relayd.sqlite"),
+            relay_url: String::new(),
+            auth: Auth::default(),
             info: Info {
                 name: "nostr-relayd".into(),
                 description: "A Nostr relay.".into(),
@@ -130,6 +163,7 @@ impl Default for Limits {
             max_content_length: 102_400,
             created_at_lower_limit: 0,
             created_at_upper_limit: 900,
+            min_pow_difficulty: 0,
         }
     }
 }
@@ -222,6 +256,17 @@ impl Config {
         }
         if !hex_or_empty(&self.info.self_pubkey) {
             return fail("info.self", "must be 64 lowercase hex characters or empty");
+        }
+        if !self.relay_url.is_empty()
+            && crate::nostr::relay_url::RelayUrl::parse(&self.relay_url).is_none()
+        {
+            return fail("relay_url", "must be a ws:// or wss:// URL, or empty");
+        }
+        if (self.auth.required_for_read || self.auth.required_for_write) && !self.auth.enabled {
+            return fail(
+                "auth.enabled",
+                "must be true when auth.required_for_read or auth.required_for_write is",
+            );
         }
         let l = &self.limits;
         if l.max_message_length < 1024 {
