@@ -19,6 +19,7 @@
 //!
 //! Run with `cargo bench --bench store`.
 
+use nostr_relayd::privacy::Readers;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -350,13 +351,14 @@ fn bench_queries(c: &mut Criterion) {
         let direct = query::run(
             &mut conn,
             filters,
+            &Readers::unrestricted(),
             LIMITS,
             unix_now(),
             Instant::now() + QUERY_TIMEOUT,
         )
         .expect("query");
         let via_store = runtime
-            .block_on(store.query(filters.clone(), LIMITS))
+            .block_on(store.query(filters.clone(), Readers::unrestricted(), LIMITS))
             .expect("query");
         assert_eq!(direct.events, via_store.events, "{name}: both paths agree");
         let plan = query::explain(&conn, &filters[0], unix_now()).expect("explain");
@@ -372,7 +374,7 @@ fn bench_queries(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new(*name, "Store::query"), filters, |b, f| {
             b.iter(|| {
                 runtime
-                    .block_on(store.query(f.clone(), LIMITS))
+                    .block_on(store.query(f.clone(), Readers::unrestricted(), LIMITS))
                     .expect("query")
             })
         });
@@ -381,6 +383,7 @@ fn bench_queries(c: &mut Criterion) {
                 query::run(
                     &mut conn,
                     f,
+                    &Readers::unrestricted(),
                     LIMITS,
                     unix_now(),
                     Instant::now() + QUERY_TIMEOUT,

@@ -28,6 +28,52 @@ pub struct Config {
     pub limits: Limits,
     pub network: Network,
     pub storage: Storage,
+    pub plugin: Plugin,
+    pub rate_limit: RateLimit,
+    pub management: Management,
+    pub access: Access,
+}
+
+/// The NIP-86 management API: JSON-RPC over HTTP POST on the relay's URL,
+/// authorized by NIP-98. On by default, since it is useless to anyone until
+/// an operator names an admin (every request gets 401/403 before that).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Management {
+    /// Answer `Content-Type: application/nostr+json+rpc` POSTs on `/`.
+    pub enabled: bool,
+    /// Pubkeys (64 hex characters or npub) allowed to call the API.
+    pub admins: Vec<String>,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Management {
+            enabled: true,
+            admins: Vec::new(),
+        }
+    }
+}
+
+/// Who may write: the read-only seed of the access lists (see `access`).
+/// NIP-86 and the `admin` CLI add to these at run time, in the database;
+/// what is listed here cannot be lifted there.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Access {
+    /// When non-empty, only these pubkeys (hex or npub) may write.
+    pub allowed_pubkeys: Vec<String>,
+    /// These pubkeys (hex or npub) may never write.
+    pub denied_pubkeys: Vec<String>,
+    /// Inbox relay: with a non-empty allow list, anyone may also write
+    /// events that p-tag an allowed pubkey.
+    pub inbox: bool,
+    /// When non-empty, only these kinds are accepted.
+    pub allowed_kinds: Vec<u16>,
+    /// These kinds are refused (this list wins over `allowed_kinds`).
+    pub denied_kinds: Vec<u16>,
+    /// Addresses or CIDR ranges whose connections are closed on accept.
+    pub denied_ips: Vec<String>,
 }
 
 /// The NIP-11 relay information document. Empty strings mean "not set" and
@@ -103,6 +149,50 @@ pub struct Network {
     pub ping_interval_seconds: u64,
     pub send_queue_events: usize,
     pub max_events_in_flight: usize,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For` or
+    /// `X-Real-IP` header names the client: the reverse proxies in front.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Limits on how fast one client may go. Every refusal caused by load is
+/// `rate-limited:`; addresses are never banned automatically.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Turns every limit below on or off.
+    pub enabled: bool,
+    /// Addresses or CIDR ranges never limited (the operator's own tools).
+    pub exempt: Vec<String>,
+    /// New WebSocket connections per client address per minute; 0 = no limit.
+    pub connections_per_minute: u32,
+    /// WebSocket connections open at once per client address; 0 = no limit.
+    pub max_connections_per_address: usize,
+    /// EVENTs per client address per minute; 0 = no limit.
+    pub events_per_minute: u32,
+    /// REQs per client address per minute; 0 = no limit.
+    pub reqs_per_minute: u32,
+    /// EVENTs per minute by an authenticated author; 0 = no limit.
+    pub events_per_minute_per_pubkey: u32,
+    /// Stored queries running at once on one connection; 0 = no limit.
+    pub max_concurrent_queries: usize,
+    /// Refusals within a minute after which the connection is closed.
+    pub max_refusals_per_minute: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            enabled: true,
+            exempt: vec!["127.0.0.1".into(), "::1".into()],
+            connections_per_minute: 60,
+            max_connections_per_address: 100,
+            events_per_minute: 300,
+            reqs_per_minute: 600,
+            events_per_minute_per_pubkey: 120,
+            max_concurrent_queries: 8,
+            max_refusals_per_minute: 60,
+        }
+    }
 }
 
 /// SQLite storage.
@@ -121,6 +211,39 @@ pub struct Storage {
     /// past it are refused with `OK false "error: …"` until space is freed
     /// (deletions, expiry), never half-done.
     pub max_database_bytes: u64,
+}
+
+/// The write-policy plugin: an external program, speaking strfry's plugin
+/// protocol, that accepts or rejects each event that passed every other
+/// check. Operators keep their site rules (whitelists, spam filters) out of
+/// the relay, and strfry plugins run unchanged.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Plugin {
+    /// The program and its arguments, split on whitespace and run without a
+    /// shell (no quoting, no variables: wrap anything fancier in a script).
+    /// Empty: no plugin. Every word that names an existing file is watched,
+    /// and the plugin is restarted when one of them changes.
+    pub command: String,
+    /// Milliseconds an event may wait for the plugin's answer before the
+    /// failure policy decides it; a plugin that answered nothing at all in
+    /// that time is considered hung, killed and restarted.
+    pub timeout_ms: u64,
+    /// What an event gets while the plugin cannot answer (timed out,
+    /// crashed, restarting): "reject" (fail closed) or "accept" (fail open).
+    pub on_failure: OnFailure,
+}
+
+/// The answer given in the plugin's place when it cannot answer.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Fail closed: `OK false "error: …"`, so that a broken plugin never
+    /// lets through what it was installed to keep out.
+    Reject,
+    /// Fail open: the event is accepted as if the plugin had said so, for
+    /// plugins that only trim spam and must not take the relay down.
+    Accept,
 }
 
 /// How hard a commit tries to reach the disk.
@@ -146,6 +269,20 @@ impl Default for Config {
             limits: Limits::default(),
             network: Network::default(),
             storage: Storage::default(),
+            plugin: Plugin::default(),
+            rate_limit: RateLimit::default(),
+            management: Management::default(),
+            access: Access::default(),
+        }
+    }
+}
+
+impl Default for Plugin {
+    fn default() -> Self {
+        Plugin {
+            command: String::new(),
+            timeout_ms: 2000,
+            on_failure: OnFailure::Reject,
         }
     }
 }
@@ -175,6 +312,7 @@ impl Default for Network {
             ping_interval_seconds: 30,
             send_queue_events: 2048,
             max_events_in_flight: 64,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
         }
     }
 }
@@ -268,6 +406,19 @@ impl Config {
                 "must be true when auth.required_for_read or auth.required_for_write is",
             );
         }
+        for (key, list) in [
+            ("network.trusted_proxies", &self.network.trusted_proxies),
+            ("rate_limit.exempt", &self.rate_limit.exempt),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|entry| crate::access::Cidr::parse(entry).is_none())
+            {
+                return Err(ConfigError(format!(
+                    "{key}: {bad:?} is not an IP address or CIDR range"
+                )));
+            }
+        }
         let l = &self.limits;
         if l.max_message_length < 1024 {
             return fail("limits.max_message_length", "must be at least 1024");
@@ -307,7 +458,36 @@ impl Config {
         if s.expiration_sweep_seconds == 0 {
             return fail("storage.expiration_sweep_seconds", "must be at least 1");
         }
+        if self.plugin.timeout_ms == 0 {
+            return fail("plugin.timeout_ms", "must be at least 1");
+        }
+        self.validate_access()?;
         Ok(())
+    }
+
+    /// `[management]` and `[access]`: every key and range must parse.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        if let Some(bad) = self
+            .management
+            .admins
+            .iter()
+            .find(|a| crate::nostr::nip19::parse_pubkey(a).is_none())
+        {
+            return Err(ConfigError(format!(
+                "management.admins: {bad:?} is not a pubkey (64 hex characters or npub)"
+            )));
+        }
+        crate::access::Seed::from_config(&self.access).map_err(ConfigError)?;
+        Ok(())
+    }
+
+    /// The `management.admins` keys, decoded (validated at load).
+    pub fn admin_pubkeys(&self) -> Vec<[u8; 32]> {
+        self.management
+            .admins
+            .iter()
+            .filter_map(|a| crate::nostr::nip19::parse_pubkey(a))
+            .collect()
     }
 
     /// Event-checking threads (duplicate look-up, policy, signature): the
@@ -370,5 +550,26 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().unwrap_err().0.contains("listen"));
+    }
+
+    #[test]
+    fn the_plugin_section_is_checked() {
+        let config = Config::from_toml(
+            "[plugin]\ncommand = \"/opt/p.py --strict\"\ntimeout_ms = 50\non_failure = \"accept\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.plugin.on_failure, OnFailure::Accept);
+        assert_eq!(config.plugin.timeout_ms, 50);
+        let err = Config::from_toml("[plugin]\non_failure = \"maybe\"\n").unwrap_err();
+        assert!(err.0.contains("on_failure"), "{err}");
+        let mut config = Config::default();
+        config.plugin.timeout_ms = 0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("plugin.timeout_ms")
+        );
     }
 }

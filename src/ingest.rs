@@ -2,7 +2,8 @@
 //!
 //! Checks run cheapest first, as DESIGN.md orders them: the id hash (so
 //! that no answer, not even "duplicate", is given for an event whose id is a
-//! lie), then, in one job on a checker thread (each owns a read-only SQLite
+//! lie), then the access lists (in-memory look-ups, see `access`), then, in
+//! one job on a checker thread (each owns a read-only SQLite
 //! connection), the duplicate/tombstone look-up, the cheap policy and the
 //! Schnorr signature; last the writer, whose commit is what `OK true`
 //! promises. One hop to a checker instead of one to a reader and another to
@@ -11,8 +12,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::access::AccessControl;
 use crate::fanout::Fanout;
-use crate::nostr::{CanonicalEvent, Event, KindClass};
+use crate::nostr::relay_url::same_relay;
+use crate::nostr::{CanonicalEvent, Event, KindClass, kind};
+use crate::plugin::{PluginDecision, WritePlugin};
 use crate::policy::WritePolicy;
 use rusqlite::Connection;
 
@@ -51,6 +55,9 @@ pub struct Origin {
     pub address: Option<IpAddr>,
     /// Pubkeys this connection has proven with NIP-42 AUTH.
     pub authenticated: Vec<[u8; 32]>,
+    /// The URL this relay is known by to this client (`relay_url`, or the
+    /// client's Host header), for NIP-62 requests that name relays.
+    pub relay_url: String,
 }
 
 /// Everything an EVENT needs on its way to the store.
@@ -60,18 +67,46 @@ pub struct Ingester {
     /// Threads that run [`check`], each with its own read connection.
     pub checkers: WorkerPool<Connection>,
     pub policy: WritePolicy,
+    /// Banned and allowed pubkeys, kinds, event ids and addresses.
+    pub access: Arc<AccessControl>,
+    /// The write-policy plugin (`[plugin]`), asked last, so that it only
+    /// sees valid events that would otherwise be stored.
+    pub plugin: Option<Arc<WritePlugin>>,
 }
 
 const DUPLICATE: &str = "duplicate: already have this event";
 const DELETED: &str = "blocked: this event was deleted by its author (NIP-09)";
+const VANISHED: &str =
+    "blocked: its author asked this relay to delete their events (NIP-62 request to vanish)";
 
 impl Ingester {
     /// Takes one event through every check and, if it passes, commits it
     /// (or, for an ephemeral kind, hands it to live subscribers).
     pub async fn ingest(&self, event: Event, origin: &Origin) -> Verdict {
-        let _ = origin; // read by the access rules, NIP-70 and the plugin
         if let Err(error) = event.verify_id() {
             return Verdict::refuse(format!("invalid: {error}"));
+        }
+        // NIP-62: "Relays MUST fully delete any events from the .pubkey if
+        // their service URL is tagged in the event"; one naming only other
+        // relays is not ours to act on.
+        if event.kind == kind::REQUEST_TO_VANISH && !names_this_relay(&event, &origin.relay_url) {
+            return Verdict::refuse(
+                "invalid: this request to vanish names other relays, not this one (NIP-62)",
+            );
+        }
+        // The access lists: in-memory look-ups, cheaper than any check after.
+        if let Err(reason) = self.access.current().check(&event, origin.address) {
+            return Verdict::refuse(reason);
+        }
+        // NIP-70: "the relay SHOULD … only accept it if the author is
+        // authenticated" (checked after the id, before any other work).
+        if event.is_protected() && !origin.authenticated.contains(&event.pubkey) {
+            let reason = if origin.authenticated.is_empty() {
+                "auth-required: this event is protected (NIP-70); authenticate as its author to publish it"
+            } else {
+                "restricted: this event is protected (NIP-70); only its author may publish it"
+            };
+            return Verdict::refuse(reason);
         }
         let ephemeral = event.class() == KindClass::Ephemeral;
         let event = Arc::new(CanonicalEvent::new(event));
@@ -86,6 +121,15 @@ impl Ingester {
             Ok(Some(verdict)) => return verdict,
             Err(_) => return store_failure(StoreError::Closed),
         }
+        if let Some(plugin) = &self.plugin {
+            let id = event.event.id_hex();
+            match plugin.decide(&event.json, &id, origin, unix_now()).await {
+                PluginDecision::Accept => {}
+                PluginDecision::Reject(reason) => return Verdict::refuse(reason),
+                // OK true, yet nothing stored or broadcast.
+                PluginDecision::ShadowReject => return Verdict::accept(""),
+            }
+        }
         if ephemeral {
             self.fanout.publish(&event, None);
             return Verdict::accept("");
@@ -94,6 +138,7 @@ impl Ingester {
             Ok(WriteOutcome::Stored { .. }) => Verdict::accept(""),
             Ok(WriteOutcome::Duplicate) => Verdict::accept(DUPLICATE),
             Ok(WriteOutcome::Deleted) => Verdict::refuse(DELETED),
+            Ok(WriteOutcome::Vanished) => Verdict::refuse(VANISHED),
             Ok(WriteOutcome::Superseded) => Verdict::refuse(
                 "blocked: a newer version of this replaceable event is already stored",
             ),
@@ -117,6 +162,7 @@ pub fn check(
             Ok(Freshness::New) => {}
             Ok(Freshness::Duplicate) => return Some(Verdict::accept(DUPLICATE)),
             Ok(Freshness::Deleted) => return Some(Verdict::refuse(DELETED)),
+            Ok(Freshness::Vanished) => return Some(Verdict::refuse(VANISHED)),
             Err(error) => return Some(store_failure(error)),
         }
     }
@@ -131,4 +177,12 @@ pub fn check(
 
 fn store_failure(error: StoreError) -> Verdict {
     Verdict::refuse(format!("error: {error}"))
+}
+
+/// Whether a NIP-62 request names this relay: `ALL_RELAYS`, or a `relay`
+/// tag that is this relay's URL (compared as NIP-42 compares them).
+fn names_this_relay(request: &Event, relay_url: &str) -> bool {
+    request
+        .tag_values("relay")
+        .any(|url| url == "ALL_RELAYS" || same_relay(url, relay_url))
 }

@@ -2,16 +2,23 @@
 //!
 //! The crate is layered so that each NIP's rules live in one place:
 //! [`nostr`] is the protocol as data (no I/O), [`store`] is SQLite (no
-//! sockets), [`fanout`] matches live events to subscriptions, [`ingest`]
-//! and [`policy`] decide what is written, and [`server`] wires them to the
-//! network. `ARCHITECTURE.md` follows one message through all of them.
+//! sockets), [`fanout`] matches live events to subscriptions, [`ingest`],
+//! [`policy`] and [`plugin`] decide what is written, and [`server`] wires
+//! them to the network. `ARCHITECTURE.md` follows one message through all of them.
 
+pub mod access;
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod corpus;
 pub mod fanout;
 pub mod ingest;
+pub mod management;
 pub mod nostr;
+pub mod plugin;
 pub mod policy;
+pub mod privacy;
+pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod store;

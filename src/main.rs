@@ -23,6 +23,13 @@ struct Cli {
 enum Command {
     /// Run the relay (the default).
     Serve,
+    /// Edit the access lists and the relay's NIP-11 name, description and
+    /// icon in the database, as the NIP-86 API does; a running relay applies
+    /// each change within a second.
+    Admin {
+        #[command(subcommand)]
+        command: nostr_relayd::admin::AdminCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,16 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::Admin { command } => match nostr_relayd::admin::run(&config, &command) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -2,7 +2,7 @@
 //! microseconds, before the relay spends a signature check on it.
 
 use crate::config::Limits;
-use crate::nostr::{Event, kind};
+use crate::nostr::{Event, kind, pow};
 
 /// The limits an incoming event is held to.
 #[derive(Debug, Clone)]
@@ -11,6 +11,7 @@ pub struct WritePolicy {
     max_content_length: usize,
     created_at_lower_limit: u64,
     created_at_upper_limit: u64,
+    min_pow_difficulty: u32,
 }
 
 impl WritePolicy {
@@ -21,6 +22,7 @@ impl WritePolicy {
             max_content_length: limits.max_content_length,
             created_at_lower_limit: limits.created_at_lower_limit,
             created_at_upper_limit: limits.created_at_upper_limit,
+            min_pow_difficulty: u32::from(limits.min_pow_difficulty),
         }
     }
 
@@ -32,8 +34,28 @@ impl WritePolicy {
                     .into(),
             );
         }
-        if event.is_protected() {
-            return Err("restricted: protected events (NIP-70) need NIP-42 authentication as their author, which this relay does not offer".into());
+        if event.kind == kind::SEAL {
+            return Err(
+                "invalid: kind 13 seals are sent only inside gift wraps (NIP-59), never on their own"
+                    .into(),
+            );
+        }
+        if matches!(event.kind, kind::REPOST | kind::GENERIC_REPOST) && reposts_protected(event) {
+            return Err(
+                "restricted: this repost embeds a protected event (NIP-70), which only its author may publish"
+                    .into(),
+            );
+        }
+        // NIP-62: a request to vanish is accepted whatever proof of work
+        // is asked of other events.
+        if self.min_pow_difficulty > 0 && event.kind != kind::REQUEST_TO_VANISH {
+            let difficulty = pow::difficulty(event);
+            if difficulty < self.min_pow_difficulty {
+                return Err(format!(
+                    "pow: difficulty {difficulty} is less than {}",
+                    self.min_pow_difficulty
+                ));
+            }
         }
         if event.tags.len() > self.max_event_tags {
             return Err(format!(
@@ -67,12 +89,31 @@ impl WritePolicy {
         }
         match event.expiration() {
             Err(error) => Err(format!("invalid: {error}")),
+            // The stored request is what keeps the deleted events out.
+            Ok(Some(_)) if event.kind == kind::REQUEST_TO_VANISH => {
+                Err("invalid: a request to vanish cannot expire (NIP-62)".into())
+            }
             Ok(Some(expiration)) if expiration <= now => {
                 Err("invalid: event has already expired (NIP-40)".into())
             }
             Ok(_) => Ok(()),
         }
     }
+}
+
+/// NIP-70: "reposts of protected events … should be rejected". A repost
+/// carries the reposted event as JSON in its content.
+fn reposts_protected(event: &Event) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Tags {
+        tags: Vec<Vec<String>>,
+    }
+    serde_json::from_str::<Tags>(&event.content).is_ok_and(|reposted| {
+        reposted
+            .tags
+            .iter()
+            .any(|tag| tag.len() == 1 && tag[0] == "-")
+    })
 }
 
 #[cfg(test)]
@@ -127,12 +168,9 @@ mod tests {
                 .unwrap_err()
                 .contains("past")
         );
-        assert!(
-            policy
-                .check(&event(now, "", json!([["-"]])), now)
-                .unwrap_err()
-                .starts_with("restricted:")
-        );
+        // Protected events are the ingester's business (it knows who
+        // authenticated); the cheap policy lets them through.
+        assert!(policy.check(&event(now, "", json!([["-"]])), now).is_ok());
         let expired = event(now, "", json!([["expiration", (now - 1).to_string()]]));
         assert!(policy.check(&expired, now).unwrap_err().contains("expired"));
         let malformed = event(now, "", json!([["expiration", "soon"]]));
@@ -142,5 +180,74 @@ mod tests {
                 .unwrap_err()
                 .starts_with("invalid:")
         );
+    }
+
+    fn of_kind(kind: u16, content: &str, tags: serde_json::Value) -> Event {
+        let mut event = event(1_000_000, content, tags);
+        event.kind = kind;
+        event
+    }
+
+    #[test]
+    fn seals_and_reposts_of_protected_events_are_refused() {
+        let policy = WritePolicy::new(&Limits::default());
+        let now = 1_000_000;
+        let seal = of_kind(kind::SEAL, "", json!([]));
+        assert!(
+            policy
+                .check(&seal, now)
+                .unwrap_err()
+                .starts_with("invalid:")
+        );
+        let protected = json!({"id": "a".repeat(64), "pubkey": "b".repeat(64), "created_at": 1,
+            "kind": 1, "tags": [["-"]], "content": "", "sig": "c".repeat(128)})
+        .to_string();
+        for kind in [kind::REPOST, kind::GENERIC_REPOST] {
+            let repost = of_kind(kind, &protected, json!([]));
+            assert!(
+                policy
+                    .check(&repost, now)
+                    .unwrap_err()
+                    .starts_with("restricted:")
+            );
+        }
+        let plain = protected.replace(r#"[["-"]]"#, "[]");
+        assert!(
+            policy
+                .check(&of_kind(kind::REPOST, &plain, json!([])), now)
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&of_kind(kind::REPOST, "", json!([])), now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn proof_of_work_is_required_when_configured() {
+        let policy = WritePolicy::new(&Limits {
+            min_pow_difficulty: 8,
+            ..Limits::default()
+        });
+        let now = 1_000_000;
+        let mut mined = event(now, "", json!([]));
+        mined.id[0] = 0;
+        mined.id[1] = 0x7f;
+        assert!(policy.check(&mined, now).is_ok(), "9 bits");
+        let unmined = event(now, "", json!([]));
+        assert_eq!(
+            policy.check(&unmined, now).unwrap_err(),
+            "pow: difficulty 0 is less than 8"
+        );
+        let low_target = event(now, "", json!([["nonce", "1", "4"]]));
+        let mut low_target = low_target;
+        low_target.id[0] = 0;
+        assert_eq!(
+            policy.check(&low_target, now).unwrap_err(),
+            "pow: difficulty 4 is less than 8"
+        );
+        let vanish = of_kind(kind::REQUEST_TO_VANISH, "", json!([]));
+        assert!(policy.check(&vanish, now).is_ok(), "NIP-62 needs no work");
     }
 }

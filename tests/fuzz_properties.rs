@@ -5,6 +5,7 @@
 
 mod common;
 
+use nostr_relayd::privacy::Readers;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -308,12 +309,18 @@ proptest! {
 
     /// A filter matches an event in memory exactly when the SQL query
     /// returns it: same events, same order, same limit, for any events and
-    /// filters drawn from colliding pools.
+    /// filters drawn from colliding pools, and for any reader of private
+    /// kinds (authenticated as authors, as `p`-tagged pubkeys, or not).
     #[test]
     fn sql_and_memory_agree(
         events in prop::collection::vec(small_event(), 0..60),
         filters in prop::collection::vec(small_filter(), 1..6),
+        private_kinds in prop::collection::vec(prop_oneof![Just(1u16), Just(3), Just(7)], 0..3),
+        reader_picks in prop::collection::vec(0usize..4, 0..3),
     ) {
+        let pool = [[1u8; 32], [2; 32], [0xaa; 32], [0xbb; 32]];
+        let authenticated: Vec<[u8; 32]> = reader_picks.iter().map(|&i| pool[i]).collect();
+        let readers = Readers::new(&private_kinds, &authenticated);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
@@ -333,11 +340,14 @@ proptest! {
             for value in &filters {
                 let filter = Filter::from_value(value).unwrap();
                 let limit = limits.effective(&filter) as usize;
-                let mut want: Vec<&Event> = stored.iter().filter(|e| filter.matches(e)).collect();
+                let mut want: Vec<&Event> = stored
+                    .iter()
+                    .filter(|e| filter.matches(e) && readers.may_read(e))
+                    .collect();
                 want.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
                 let want: Vec<[u8; 32]> = want.iter().take(limit).map(|e| e.id).collect();
                 let got: Vec<[u8; 32]> = store
-                    .query(Arc::from(vec![filter]), limits)
+                    .query(Arc::from(vec![filter]), readers.clone(), limits)
                     .await
                     .unwrap()
                     .events

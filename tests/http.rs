@@ -177,7 +177,7 @@ async fn max_connections_is_enforced_with_503() {
     let mut retry = None;
     for _ in 0..50 {
         if let Ok((ws, _)) = tokio_tungstenite::connect_async(relay.url.as_str()).await {
-            retry = Some(Client { ws });
+            retry = Some(Client::from_ws(ws));
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

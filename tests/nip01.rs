@@ -16,8 +16,10 @@ use serde_json::{Value, json};
 /// A base time well in the past (the default policy has no lower bound).
 const T: u64 = 1_700_000_000;
 
-/// NIP-01: "The standardized machine-readable prefixes for `OK` and `CLOSED`".
-const PREFIXES: [&str; 8] = [
+/// NIP-01: "The standardized machine-readable prefixes for `OK` and
+/// `CLOSED`", and NIP-42's `auth-required`.
+const PREFIXES: [&str; 9] = [
+    "auth-required",
     "duplicate",
     "pow",
     "blocked",
@@ -1048,7 +1050,8 @@ async fn kind_22242_is_refused_and_never_broadcast() {
 }
 
 #[tokio::test]
-async fn protected_events_are_refused_as_restricted() {
+async fn protected_events_need_their_author_authenticated() {
+    // NIP-70 in full is tested in tests/auth.rs; here: not stored, not sent.
     let relay = TestRelay::start().await;
     let mut sub = relay.client().await;
     let mut publisher = relay.client().await;
@@ -1060,7 +1063,7 @@ async fn protected_events_are_refused_as_restricted() {
     );
     let protected = event(&a, 1, "only via AUTH", &[&["-"]], T);
     let reason = refuse(&mut publisher, &protected).await;
-    assert!(reason.starts_with("restricted:"), "{reason}");
+    assert!(reason.starts_with("auth-required:"), "{reason}");
     sub.expect_silence(QUIET).await;
     assert!(
         fetch(&mut publisher, vec![json!({"ids": [hex(&protected)]})])
@@ -1611,6 +1614,11 @@ async fn a_gift_wrap_can_be_deleted_by_its_recipient_only() {
     };
     let wrap = wrap_for("ciphertext 1", T);
     accept(&mut c, &wrap).await;
+    // Gift wraps are served only to their recipient (NIP-59 via NIP-42).
+    assert_eq!(
+        c.authenticate(&recipient, &relay.url).await,
+        (true, String::new())
+    );
     let _ = c.publish(&deletion(&third, &[&wrap], T + 1)).await;
     assert_eq!(
         fetch_ids(&mut c, vec![json!({"ids": [hex(&wrap)]})]).await,

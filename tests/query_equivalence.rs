@@ -4,6 +4,7 @@
 //! id, per (author, kind), per tag value, the kind scan for home feeds, and
 //! its fallback when the followed authors are too quiet for the scan.
 
+use nostr_relayd::privacy::Readers;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +118,10 @@ async fn sql_and_memory_agree_on_every_filter_shape() {
         let filter = Filter::from_value(&value).unwrap();
         let limit = limits.effective(&filter) as usize;
         let want = expected(&stored, &filter, limit);
-        let result = store.query(Arc::from(vec![filter]), limits).await.unwrap();
+        let result = store
+            .query(Arc::from(vec![filter]), Readers::unrestricted(), limits)
+            .await
+            .unwrap();
         let got: Vec<[u8; 32]> = result
             .events
             .iter()

@@ -128,7 +128,7 @@ async fn nothing_leaks_under_mixed_load() {
                     in_flight += 1;
                 }
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(_)))) => {
+                    Ok(Some(Ok(Message::Text(text)))) if text.as_str().starts_with("[\"OK\"") => {
                         in_flight -= 1;
                         published.fetch_add(1, Ordering::Relaxed);
                     }

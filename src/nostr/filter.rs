@@ -21,6 +21,9 @@ pub struct Filter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<u64>,
+    /// Kinds the relay keeps out of this filter's results (never parsed
+    /// from a client; see `privacy`). Sorted.
+    pub excluded_kinds: Vec<u16>,
 }
 
 /// A `#<letter>` condition: the event has a tag named `letter` whose first
@@ -107,6 +110,9 @@ impl Filter {
         if let Some(kinds) = &self.kinds
             && kinds.binary_search(&event.kind).is_err()
         {
+            return false;
+        }
+        if self.excluded_kinds.binary_search(&event.kind).is_ok() {
             return false;
         }
         if self.since.is_some_and(|since| event.created_at < since)

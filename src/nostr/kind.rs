@@ -3,6 +3,16 @@
 
 /// NIP-09 deletion request.
 pub const DELETION: u16 = 5;
+/// NIP-18 repost of a kind-1 note.
+pub const REPOST: u16 = 6;
+/// NIP-18 repost of any other kind.
+pub const GENERIC_REPOST: u16 = 16;
+/// NIP-59 seal: only ever inside a gift wrap.
+pub const SEAL: u16 = 13;
+/// NIP-62 request to vanish.
+pub const REQUEST_TO_VANISH: u16 = 62;
+/// NIP-56 report: its `e` tags feed NIP-86's moderation queue.
+pub const REPORT: u16 = 1984;
 /// NIP-59 gift wrap: its `p`-tagged recipient may delete it.
 pub const GIFT_WRAP: u16 = 1059;
 /// NIP-42 client authentication: never stored nor broadcast.

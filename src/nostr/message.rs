@@ -26,6 +26,9 @@ pub enum ClientMessage {
     },
     /// `["CLOSE", <subscription id>]`.
     Close { sub_id: String },
+    /// `["AUTH", <signed kind-22242 event>]` (NIP-42); checked like an
+    /// EVENT's shape, the rest is up to the connection.
+    Auth(Box<Event>),
 }
 
 /// How to refuse a message, in the form NIP-01 prescribes for it.
@@ -74,7 +77,8 @@ impl ClientMessage {
             None => return Err(notice_invalid("empty message array")),
         };
         match verb {
-            "EVENT" => parse_event(&items),
+            "EVENT" => parse_event(&items, verb).map(ClientMessage::Event),
+            "AUTH" => parse_event(&items, verb).map(ClientMessage::Auth),
             "REQ" => parse_req(&items),
             "CLOSE" => {
                 if items.len() != 2 {
@@ -99,9 +103,12 @@ impl ClientMessage {
     }
 }
 
-fn parse_event(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
+/// The event of an EVENT or AUTH message.
+fn parse_event(items: &[&RawValue], verb: &str) -> Result<Box<Event>, Rejection> {
     if items.len() != 2 {
-        return Err(notice_invalid("EVENT takes exactly one event"));
+        return Err(Rejection::Notice(format!(
+            "invalid: {verb} takes exactly one event"
+        )));
     }
     let raw = items[1].get();
     let value: Value = serde_json::from_str(raw).map_err(|error| {
@@ -117,7 +124,7 @@ fn parse_event(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
             .filter(|id| echoable_id(id));
         reject_event(id.map(str::to_owned), format!("invalid: {error}"))
     })?;
-    Ok(ClientMessage::Event(Box::new(event)))
+    Ok(Box::new(event))
 }
 
 fn parse_req(items: &[&RawValue]) -> Result<ClientMessage, Rejection> {
@@ -182,6 +189,11 @@ fn reject_event(event_id: Option<String>, reason: String) -> Rejection {
 
 fn notice_invalid(message: &str) -> Rejection {
     Rejection::Notice(format!("invalid: {message}"))
+}
+
+/// `["AUTH", <challenge>]`.
+pub fn auth_challenge(challenge: &str) -> String {
+    format!("[\"AUTH\",{}]", quote(challenge))
 }
 
 /// A JSON string literal for `text`.

@@ -7,6 +7,9 @@ pub mod filter;
 pub mod hex;
 pub mod kind;
 pub mod message;
+pub mod nip19;
+pub mod nip98;
+pub mod pow;
 pub mod relay_url;
 
 pub use event::{CanonicalEvent, Event, EventError};

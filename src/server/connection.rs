@@ -8,7 +8,7 @@
 //! buffered and later live events are sent only if committed after it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,11 +25,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Shared;
+use crate::auth;
 use crate::fanout::{Deliveries, Delivery, Mailbox, Overflow, SubscriptionKey};
 use crate::ingest::Origin;
 use crate::nostr::message::{self, quote};
 use crate::nostr::{ClientMessage, Filter, Rejection};
+use crate::privacy::Readers;
+use crate::rate_limit::OpenConnection;
 use crate::shutdown::Shutdown;
+use crate::store::unix_now;
 use crate::store::{QueryResult, StoreError};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -113,6 +117,30 @@ struct Session {
     unflushed_bytes: usize,
     /// Pubkeys proven on this connection with NIP-42 AUTH.
     authenticated: Vec<[u8; 32]>,
+    /// The NIP-42 challenge sent when the connection opened.
+    challenge: Option<String>,
+    /// The URL an AUTH event must name: `relay_url`, or this request's Host.
+    relay_url: String,
+    /// What this connection may read of the private kinds.
+    readers: Readers,
+    /// The client's address (see [`Peer`]).
+    address: IpAddr,
+    /// Rate-limit refusals in the current minute, and when it began.
+    refusals: (u32, tokio::time::Instant),
+    _open: OpenConnection,
+}
+
+/// Who is at the other end of a connection.
+pub struct Peer {
+    /// The socket's peer (perhaps a reverse proxy): for logs.
+    pub socket: SocketAddr,
+    /// The client's address, after trusted proxies' headers: for rate
+    /// limits, access lists and the write plugin.
+    pub address: IpAddr,
+    /// The URL this client knows the relay by (NIP-42, NIP-62).
+    pub relay_url: String,
+    /// Counts this connection against its address while it lives.
+    pub open: OpenConnection,
 }
 
 /// Serves one upgraded WebSocket until either side closes it or the relay
@@ -120,7 +148,7 @@ struct Session {
 pub async fn serve(
     socket: Socket,
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    peer: Peer,
     mut shutdown: Shutdown,
     done: mpsc::Sender<()>,
 ) {
@@ -132,8 +160,7 @@ pub async fn serve(
     let ping_period = Duration::from_secs(network.ping_interval_seconds.max(1));
     let mut session = Session {
         events_in_flight: Arc::new(Semaphore::new(network.max_events_in_flight)),
-        shared,
-        peer,
+        peer: peer.socket,
         sink,
         subscriptions: HashMap::new(),
         names: HashMap::new(),
@@ -145,9 +172,27 @@ pub async fn serve(
         unflushed: false,
         unflushed_bytes: 0,
         authenticated: Vec::new(),
+        challenge: None,
+        relay_url: peer.relay_url,
+        readers: Readers::new(&shared.config.auth.private_kinds, &[]),
+        address: peer.address,
+        refusals: (0, tokio::time::Instant::now()),
+        _open: peer.open,
+        shared,
     };
     let _open = session.shared.counters.websockets.hold();
+    let peer = session.peer;
     tracing::debug!(%peer, "websocket connected");
+    if session.shared.config.auth.enabled {
+        // NIP-42: offered at once, so a client can authenticate before it
+        // needs to; reading public events never requires it by default.
+        let challenge = auth::new_challenge();
+        let sent = session.send_text(message::auth_challenge(&challenge)).await;
+        if sent.is_err() || session.flush().await.is_err() {
+            return;
+        }
+        session.challenge = Some(challenge);
+    }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_period, ping_period);
     let mut awaiting_pong = false;
     // Handlers are boxed: an idle connection's task then holds only the
@@ -213,6 +258,9 @@ pub async fn serve(
 /// fills its TCP window; without this bound its task (and everything queued
 /// for it) would wait forever, even after its live queue overflowed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most pubkeys one connection may authenticate as (NIP-42 allows several).
+const MAX_AUTHENTICATED: usize = 16;
 
 /// Longest the closing handshake may take once the session is over.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -326,6 +374,7 @@ impl Session {
     async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
         match ClientMessage::parse(text) {
             Ok(ClientMessage::Event(event)) => self.on_event(*event).await,
+            Ok(ClientMessage::Auth(event)) => self.on_auth(*event).await,
             Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
             Ok(ClientMessage::Close { sub_id }) => {
                 self.close_subscription(&sub_id);
@@ -345,6 +394,16 @@ impl Session {
     /// Runs the EVENT pipeline on its own task so that a slow commit does not
     /// stop this connection from reading; at most `max_events_in_flight` at once.
     async fn on_event(&mut self, event: crate::nostr::Event) -> Result<(), Exit> {
+        // NIP-62 requests are honoured "regardless of the user's status".
+        if self.shared.config.auth.required_for_write
+            && self.authenticated.is_empty()
+            && event.kind != crate::nostr::kind::REQUEST_TO_VANISH
+        {
+            let reason = "auth-required: this relay accepts events only from authenticated clients";
+            return self
+                .send_text(message::ok(&event.id_hex(), false, reason))
+                .await;
+        }
         let Ok(permit) = self.events_in_flight.clone().acquire_owned().await else {
             return Err(Exit::Quietly);
         };
@@ -352,9 +411,20 @@ impl Session {
         let replies = self.replies.clone();
         let done = self.done.clone();
         let in_flight = self.shared.counters.events_in_flight.hold();
+        let author = self
+            .authenticated
+            .contains(&event.pubkey)
+            .then_some(&event.pubkey);
+        if let Err(reason) = self.shared.rate_limits.allow_event(self.address, author) {
+            self.count_refusal()?;
+            return self
+                .send_text(message::ok(&event.id_hex(), false, &reason))
+                .await;
+        }
         let origin = Origin {
-            address: Some(self.peer.ip()),
+            address: Some(self.address),
             authenticated: self.authenticated.clone(),
+            relay_url: self.relay_url.clone(),
         };
         tokio::spawn(async move {
             let _in_flight = in_flight;
@@ -371,6 +441,66 @@ impl Session {
             drop(done);
         });
         Ok(())
+    }
+
+    /// Counts a rate-limit refusal; a client that keeps going after many
+    /// in one minute is closed (it is never banned: it may reconnect).
+    fn count_refusal(&mut self) -> Result<(), Exit> {
+        let now = tokio::time::Instant::now();
+        let (count, since) = &mut self.refusals;
+        if now.duration_since(*since) > Duration::from_secs(60) {
+            *count = 0;
+            *since = now;
+        }
+        *count += 1;
+        if *count > self.shared.rate_limits.max_refusals_per_minute {
+            tracing::info!(peer = %self.peer, address = %self.address, "closing a connection that kept going past its rate limits");
+            return Err(Exit::Close(
+                CloseCode::Policy,
+                "rate limits exceeded repeatedly",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Subscriptions whose stored events are still being read.
+    fn queries_running(&self) -> usize {
+        self.subscriptions
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Loading { .. }))
+            .count()
+    }
+
+    /// The per-connection cap on running queries (`usize::MAX`: none).
+    fn max_queries(&self) -> usize {
+        match self.shared.rate_limits.max_concurrent_queries {
+            0 => usize::MAX,
+            n => n,
+        }
+    }
+
+    /// NIP-42: a signed answer to this connection's challenge adds its
+    /// pubkey to the ones this connection speaks for.
+    async fn on_auth(&mut self, event: crate::nostr::Event) -> Result<(), Exit> {
+        let id = event.id_hex();
+        let proven = match &self.challenge {
+            None => Err("invalid: this relay does not use NIP-42 AUTH".to_owned()),
+            Some(_) if self.authenticated.len() >= MAX_AUTHENTICATED => Err(format!(
+                "blocked: at most {MAX_AUTHENTICATED} pubkeys may authenticate on one connection"
+            )),
+            Some(challenge) => auth::verify(&event, challenge, &self.relay_url, unix_now()),
+        };
+        match proven {
+            Ok(pubkey) => {
+                if !self.authenticated.contains(&pubkey) {
+                    self.authenticated.push(pubkey);
+                    self.readers =
+                        Readers::new(&self.shared.config.auth.private_kinds, &self.authenticated);
+                }
+                self.send_text(message::ok(&id, true, "")).await
+            }
+            Err(reason) => self.send_text(message::ok(&id, false, &reason)).await,
+        }
     }
 
     async fn on_req(&mut self, sub_id: String, filters: Vec<Filter>) -> Result<(), Exit> {
@@ -394,6 +524,22 @@ impl Session {
                 "blocked: too many subscriptions (max {})",
                 limits.max_subscriptions
             ))
+        } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
+            self.count_refusal()?;
+            Some(reason)
+        } else if self.queries_running() >= self.max_queries() {
+            self.count_refusal()?;
+            Some(format!(
+                "rate-limited: at most {} queries may run at once on one connection; wait for EOSE",
+                self.max_queries()
+            ))
+        } else if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
+            Some("auth-required: this relay serves only authenticated clients".to_owned())
+        } else if filters.iter().all(|f| self.readers.needs_auth_for(f)) {
+            Some(
+                "auth-required: these kinds are served only to their author or recipients; authenticate first"
+                    .to_owned(),
+            )
         } else {
             None
         };
@@ -446,10 +592,11 @@ impl Session {
         let store = self.shared.store.clone();
         let replies = self.replies.clone();
         let query_limits = self.shared.query_limits;
+        let readers = self.readers.clone();
         let in_flight = self.shared.counters.queries_in_flight.hold();
         tokio::spawn(async move {
             let _in_flight = in_flight;
-            let result = store.query(filters, query_limits).await;
+            let result = store.query(filters, readers, query_limits).await;
             let reply = StoredReply {
                 sub_id,
                 generation,
@@ -523,6 +670,9 @@ impl Session {
         let Some(subscription) = self.subscriptions.get_mut(name) else {
             return Ok(());
         };
+        if !self.readers.may_read(&delivery.event.event) {
+            return Ok(()); // a private kind this connection may not see
+        }
         match &mut subscription.phase {
             Phase::Loading { buffer, .. } => {
                 if buffer.len() >= self.shared.config.network.send_queue_events {

@@ -1,7 +1,9 @@
 //! HTTP on the relay's port: the WebSocket upgrade on `/`, the NIP-11
-//! document for `Accept: application/nostr+json`, a home page for browsers,
+//! document for `Accept: application/nostr+json`, the NIP-86 management API
+//! for POSTs of `application/nostr+json+rpc`, a home page for browsers,
 //! CORS preflight, and 404 everywhere else.
 
+use crate::rate_limit::client_address;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::{Shared, connection, info};
+use crate::management;
 use crate::shutdown::Shutdown;
 
 type Body = Full<Bytes>;
@@ -59,6 +62,14 @@ pub async fn handle(
                 .unwrap_or_default(),
         );
     }
+    if request.method() == Method::POST
+        && shared.config.management.enabled
+        && management::is_rpc(&request)
+    {
+        let url = expected_relay_url(&shared.config.relay_url, &request);
+        let response = management::handle(request, &shared.management, &shared.access, url);
+        return Ok(response.await);
+    }
     if is_websocket_upgrade(&request) {
         return Ok(upgrade(request, shared, peer, slot, shutdown, done));
     }
@@ -77,7 +88,7 @@ pub async fn handle(
     if wants_nip11 {
         let response = with_cors(Response::builder())
             .header(header::CONTENT_TYPE, "application/nostr+json")
-            .body(Body::new(shared.relay_info.clone()))
+            .body(Body::new(shared.access.current().relay_info()))
             .unwrap_or_default();
         return Ok(response);
     }
@@ -85,7 +96,8 @@ pub async fn handle(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    let page = info::home_page(&shared.config, host);
+    // NIP-86 may have renamed the relay: the page shows what NIP-11 shows.
+    let page = info::home_page(&shared.access.current().config, host);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .body(Body::new(Bytes::from(page)))
@@ -133,7 +145,30 @@ fn upgrade(
             ))
             .unwrap_or_default();
     };
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let address = client_address(
+        peer.ip(),
+        header("x-real-ip"),
+        header("x-forwarded-for"),
+        &shared.trusted_proxies,
+    );
+    let open = match shared.rate_limits.admit_connection(address) {
+        Ok(open) => open,
+        Err(reason) => {
+            return Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header(header::RETRY_AFTER, "60")
+                .body(Body::from(format!("{reason}\n")))
+                .unwrap_or_default();
+        }
+    };
     let accept = derive_accept_key(key.as_bytes());
+    let relay_url = expected_relay_url(&shared.config.relay_url, &request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let _slot = slot;
@@ -146,6 +181,12 @@ fn upgrade(
                     Some(shared.websocket),
                 )
                 .await;
+                let peer = connection::Peer {
+                    socket: peer,
+                    address,
+                    relay_url,
+                    open,
+                };
                 connection::serve(socket, shared, peer, shutdown, done).await;
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
@@ -163,8 +204,9 @@ fn upgrade(
 fn with_cors(builder: hyper::http::response::Builder) -> hyper::http::response::Builder {
     builder
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "*")
-        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS")
+        // "*" does not cover Authorization (Fetch standard): NIP-86 needs it.
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "*, Authorization")
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS")
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
@@ -173,4 +215,18 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from(text))
         .unwrap_or_default()
+}
+
+/// The URL NIP-42 AUTH events must name on this connection: the configured
+/// `relay_url`, or else the one the client used, from its Host header.
+fn expected_relay_url<B>(configured: &str, request: &Request<B>) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default();
+    format!("ws://{host}{}", request.uri().path())
 }

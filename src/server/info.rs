@@ -4,8 +4,28 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Config;
 
-/// NIPs this build implements.
+/// NIPs this build always implements.
 pub const SUPPORTED_NIPS: &[u16] = &[1, 9, 11, 40];
+
+/// The NIPs advertised with this configuration: the core ones, and each
+/// optional one that is switched on.
+pub fn supported_nips(config: &Config) -> Vec<u16> {
+    let mut nips = SUPPORTED_NIPS.to_vec();
+    if config.limits.min_pow_difficulty > 0 {
+        nips.push(13);
+    }
+    if config.auth.enabled {
+        // AUTH, and what it makes possible: DMs and gift wraps readable only
+        // by their parties (17, 59), protected events (70).
+        nips.extend([17, 42, 59, 70]);
+    }
+    nips.push(62);
+    if config.management.enabled {
+        nips.push(86);
+    }
+    nips.sort_unstable();
+    nips
+}
 
 /// The NIP-11 document. Every limit the relay enforces appears under
 /// `limitation` where NIP-11 has a field for it.
@@ -30,7 +50,7 @@ pub fn relay_info(config: &Config) -> Value {
     }
     doc.insert("software".into(), json!(env!("CARGO_PKG_REPOSITORY")));
     doc.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    doc.insert("supported_nips".into(), json!(SUPPORTED_NIPS));
+    doc.insert("supported_nips".into(), json!(supported_nips(config)));
     let l = &config.limits;
     let mut limitation = json!({
         "max_message_length": l.max_message_length,
@@ -40,10 +60,10 @@ pub fn relay_info(config: &Config) -> Value {
         "max_subid_length": l.max_subid_length,
         "max_event_tags": l.max_event_tags,
         "max_content_length": l.max_content_length,
-        "min_pow_difficulty": 0,
-        "auth_required": false,
+        "min_pow_difficulty": l.min_pow_difficulty,
+        "auth_required": config.auth.required_for_read || config.auth.required_for_write,
         "payment_required": false,
-        "restricted_writes": false,
+        "restricted_writes": config.auth.required_for_write,
     });
     if l.created_at_lower_limit > 0 {
         limitation["created_at_lower_limit"] = json!(l.created_at_lower_limit);

@@ -78,6 +78,13 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // A blocked address (access lists) is closed at once, before any
+        // HTTP: it costs no slot nor task, and learns nothing. Its EVENTs on
+        // connections opened before the block are refused by `ingest`.
+        if shared.access.current().is_ip_blocked(peer.ip()) {
+            tracing::debug!(%peer, "closed a connection from a blocked address");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let slot = slots.clone().try_acquire_owned().ok().map(Arc::new);
         if slot.is_none() {

@@ -12,16 +12,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::access::{self, AccessControl};
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::ingest::Ingester;
+use crate::management::Management;
 use crate::policy::WritePolicy;
+use crate::rate_limit::RateLimits;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::{self, QueryLimits, Store, StoreOptions};
 use crate::worker_pool::WorkerPool;
@@ -33,12 +35,19 @@ pub struct Shared {
     pub fanout: Arc<Fanout>,
     pub ingester: Ingester,
     pub query_limits: QueryLimits,
-    /// The NIP-11 document, serialized once.
-    pub relay_info: Bytes,
+    /// The access lists in force, and the NIP-11 document they shape
+    /// (NIP-86 may rename the relay at run time).
+    pub access: Arc<AccessControl>,
+    /// The NIP-86 management API's state.
+    pub management: Management,
     pub websocket: WebSocketConfig,
     pub counters: counters::Counters,
     /// Connection slots under `max_connections`.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// How fast each client may go.
+    pub rate_limits: Arc<RateLimits>,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: Vec<crate::access::Cidr>,
 }
 
 /// A relay that is running; drop it or call [`RunningRelay::shutdown`].
@@ -102,6 +111,13 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         ))
     })?;
     let store = Arc::new(store);
+    let access = AccessControl::open(&config).map_err(|e| {
+        StartError(format!(
+            "cannot read the access lists from {}: {e}",
+            config.database.display()
+        ))
+    })?;
+    let access = Arc::new(access);
     let addr = config
         .listen_addr()
         .map_err(|e| StartError(e.to_string()))?;
@@ -127,12 +143,15 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             fanout: fanout.clone(),
             checkers,
             policy: WritePolicy::new(&config.limits),
+            access: access.clone(),
+            plugin: crate::plugin::WritePlugin::start(&config.plugin),
         },
         query_limits: QueryLimits {
             default_limit: config.limits.default_limit,
             max_limit: config.limits.max_limit,
         },
-        relay_info: Bytes::from(info::relay_info(&config).to_string()),
+        management: Management::new(&config),
+        access,
         websocket: WebSocketConfig::default()
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
@@ -144,12 +163,25 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             .max_write_buffer_size(max_message.saturating_mul(4).max(1 << 20)),
         counters: counters::Counters::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.network.max_connections)),
+        rate_limits: Arc::new(RateLimits::new(&config.rate_limit)),
+        trusted_proxies: config
+            .network
+            .trusted_proxies
+            .iter()
+            .filter_map(|entry| crate::access::Cidr::parse(entry))
+            .collect(),
         config,
         store,
         fanout,
     });
     let (trigger, shutdown) = shutdown::channel();
     tracing::info!(%local_addr, database = %shared.config.database.display(), "relay listening");
+    if shared.config.auth.enabled && shared.config.relay_url.is_empty() {
+        tracing::warn!(
+            "relay_url is not set: NIP-42 AUTH and NIP-62 check relay URLs against each \
+             request's Host header, which is wrong if a proxy rewrites it"
+        );
+    }
     let task = tokio::spawn(run(listener, shared, shutdown));
     Ok(RunningRelay {
         local_addr,
@@ -179,6 +211,8 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
     // last one is dropped, `all_done` yields None.
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let sweeper = tokio::spawn(sweep_expired(shared.clone(), shutdown.clone()));
+    let watcher = tokio::spawn(access::watch(shared.access.clone(), shutdown.clone()));
+    let forgetter = tokio::spawn(forget_idle_clients(shared.clone(), shutdown.clone()));
     listener::accept_loop(listener, shared.clone(), shutdown, done).await;
     if tokio::time::timeout(Duration::from_secs(10), all_done.recv())
         .await
@@ -187,9 +221,23 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
         tracing::warn!("connections still open 10 s after shutdown; stopping anyway");
     }
     sweeper.abort();
+    watcher.abort();
+    forgetter.abort();
     let store = shared.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("relay stopped");
+}
+
+/// Lets the rate limiters forget clients that have gone quiet, so that their
+/// memory follows the active clients.
+async fn forget_idle_clients(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = ticker.tick() => shared.rate_limits.forget_idle(),
+        }
+    }
 }
 
 /// NIP-40: deletes expired events periodically, in small batches so that

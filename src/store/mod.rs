@@ -5,11 +5,13 @@
 //! gives back outcomes and stored JSON. See `ARCHITECTURE.md` for the schema.
 
 mod checkpoint;
+pub mod lists;
 pub mod query;
 pub mod schema;
 mod sql;
 pub mod writer;
 
+use crate::privacy::Readers;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +35,8 @@ pub enum WriteOutcome {
     Duplicate,
     /// A NIP-09 deletion by an entitled pubkey forbids it.
     Deleted,
+    /// Its author asked this relay to vanish (NIP-62) at or after it.
+    Vanished,
     /// A newer version of this replaceable/addressable event is stored.
     Superseded,
 }
@@ -43,6 +47,7 @@ pub enum Freshness {
     New,
     Duplicate,
     Deleted,
+    Vanished,
 }
 
 /// A storage failure, as it is reported to clients.
@@ -174,12 +179,14 @@ impl Store {
     pub async fn query(
         &self,
         filters: Arc<[Filter]>,
+        readers: Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
         let deadline = Instant::now() + self.query_timeout;
         self.readers
             .run(move |conn| {
-                query::run(conn, &filters, limits, unix_now(), deadline).map_err(StoreError::from)
+                query::run(conn, &filters, &readers, limits, unix_now(), deadline)
+                    .map_err(StoreError::from)
             })
             .await
             .map_err(|_| StoreError::Closed)?
@@ -259,6 +266,8 @@ pub fn freshness(conn: &Connection, event: &Event) -> Result<Freshness, StoreErr
         Ok(Freshness::Duplicate)
     } else if sql::is_tombstoned(conn, event)? {
         Ok(Freshness::Deleted)
+    } else if sql::has_vanished(conn, event)? {
+        Ok(Freshness::Vanished)
     } else {
         Ok(Freshness::New)
     }

@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::sql::tag_value;
 use crate::nostr::Filter;
+use crate::privacy::Readers;
 
 /// The limits a filter's `limit` is read against.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +66,9 @@ struct Covered {
     ids: bool,
     authors: bool,
     kinds: bool,
-    tag: Option<char>,
+    /// Index into the filter's tag conditions (a filter may hold two
+    /// conditions on one letter: see `privacy`).
+    tag: Option<usize>,
 }
 
 /// Splits a filter into ranges, choosing the most selective index.
@@ -83,14 +86,19 @@ fn plan(conn: &Connection, filter: &Filter) -> rusqlite::Result<(Vec<RangeKey>, 
             // Without kinds: every kind this author has published.
             let kinds = match &filter.kinds {
                 Some(kinds) => kinds.clone(),
-                None => kinds_of_author(conn, author)?,
+                None => without(kinds_of_author(conn, author)?, &filter.excluded_kinds),
             };
             ranges.extend(kinds.into_iter().map(|k| RangeKey::AuthorKind(*author, k)));
         }
         return Ok((ranges, covered));
     }
-    if let Some(condition) = filter.tags.iter().min_by_key(|c| c.values.len()) {
-        covered.tag = Some(condition.letter);
+    if let Some((index, condition)) = filter
+        .tags
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, c)| c.values.len())
+    {
+        covered.tag = Some(index);
         let letter = condition.letter;
         let ranges = condition
             .values
@@ -103,9 +111,15 @@ fn plan(conn: &Connection, filter: &Filter) -> rusqlite::Result<(Vec<RangeKey>, 
     let kinds = match &filter.kinds {
         Some(kinds) => kinds.clone(),
         // Neither ids, authors, tags nor kinds: every stored kind.
-        None => stored_kinds(conn)?,
+        None => without(stored_kinds(conn)?, &filter.excluded_kinds),
     };
     Ok((kinds.into_iter().map(RangeKey::Kind).collect(), covered))
+}
+
+/// `kinds` less the sorted `excluded` ones.
+fn without(mut kinds: Vec<u16>, excluded: &[u16]) -> Vec<u16> {
+    kinds.retain(|k| excluded.binary_search(k).is_err());
+    kinds
 }
 
 /// The distinct kinds an author has stored, one index seek per kind (a
@@ -225,7 +239,23 @@ fn range_sql_selecting(
             sql.param(Rc::new(list))
         ));
     }
-    for condition in filter.tags.iter().filter(|c| Some(c.letter) != covered.tag) {
+    if !filter.excluded_kinds.is_empty() && !covered.kinds {
+        let list: Vec<SqlValue> = filter
+            .excluded_kinds
+            .iter()
+            .map(|k| SqlValue::Integer(i64::from(*k)))
+            .collect();
+        conditions.push(format!(
+            "{row}.kind NOT IN rarray({})",
+            sql.param(Rc::new(list))
+        ));
+    }
+    for (_, condition) in filter
+        .tags
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| Some(*index) != covered.tag)
+    {
         let name = sql.param(condition.letter.to_string());
         let values: Vec<SqlValue> = condition.values.iter().map(|v| tag_value(v)).collect();
         let values = sql.param(Rc::new(values));
@@ -395,12 +425,13 @@ fn filter_candidates(
 pub fn run(
     conn: &mut Connection,
     filters: &[Filter],
+    readers: &Readers,
     limits: QueryLimits,
     now: i64,
     deadline: Instant,
 ) -> rusqlite::Result<QueryResult> {
     conn.progress_handler(1000, Some(move || Instant::now() > deadline))?;
-    let result = run_in_snapshot(&*conn, filters, limits, now);
+    let result = run_in_snapshot(&*conn, filters, readers, limits, now);
     let cleared = conn.progress_handler(0, None::<fn() -> bool>);
     let result = result?;
     cleared?;
@@ -410,6 +441,7 @@ pub fn run(
 fn run_in_snapshot(
     conn: &Connection,
     filters: &[Filter],
+    readers: &Readers,
     limits: QueryLimits,
     now: i64,
 ) -> rusqlite::Result<QueryResult> {
@@ -428,7 +460,15 @@ fn run_in_snapshot(
         if limit == 0 || filter.is_unsatisfiable() {
             continue;
         }
-        per_filter.push((limit, filter_candidates(&tx, filter, limit, now)?));
+        // What this reader may see of the filter, as one or more filters
+        // whose union is cut to the filter's limit below.
+        let mut candidates: HashSet<Candidate> = HashSet::new();
+        for part in readers.restrict(filter) {
+            if !part.is_unsatisfiable() {
+                candidates.extend(filter_candidates(&tx, &part, limit, now)?);
+            }
+        }
+        per_filter.push((limit, candidates.into_iter().collect::<Vec<_>>()));
     }
     let mut rows: HashMap<i64, (Vec<u8>, String)> = HashMap::new();
     {

@@ -75,6 +75,67 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (pubkey, kind, d_tag)
     ) WITHOUT ROWID;
     "#,
+    // 2: access lists, NIP-11 overrides and moderation reports (NIP-86).
+    r#"
+    -- Who may write (access.rs). relay.toml's lists are a read-only seed,
+    -- unioned with these at run time; these are what NIP-86 and the admin
+    -- CLI edit. Keys are 32-byte blobs, like event ids and pubkeys.
+    CREATE TABLE banned_pubkey (
+        pubkey     BLOB    PRIMARY KEY,
+        reason     TEXT    NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE allowed_pubkey (
+        pubkey     BLOB    PRIMARY KEY,
+        reason     TEXT    NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Banned event ids: the stored event is deleted and never stored again.
+    CREATE TABLE banned_event (
+        id         BLOB    PRIMARY KEY,
+        reason     TEXT    NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE allowed_kind (
+        kind       INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE disallowed_kind (
+        kind       INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    -- Normalized CIDR text ("10.0.0.0/8", "2001:db8::/32", "1.2.3.4/32").
+    CREATE TABLE blocked_ip (
+        cidr       TEXT    PRIMARY KEY,
+        reason     TEXT    NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- NIP-11 fields set by NIP-86 (name, description, icon); they win over
+    -- relay.toml until deleted.
+    CREATE TABLE relay_info_override (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    -- NIP-56 reports (kind 1984 `e` tags) for listeventsneedingmoderation:
+    -- one row per (reported event, reporter), written with the report.
+    CREATE TABLE moderation_report (
+        event_id   BLOB    NOT NULL,
+        reporter   BLOB    NOT NULL,
+        report_id  BLOB    NOT NULL,
+        reason     TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (event_id, reporter)
+    ) WITHOUT ROWID;
+    -- Bumped by every list edit, in the edit's transaction. A running relay
+    -- polls PRAGMA data_version (which moves on any other connection's
+    -- commit, the writer's included) and re-reads the lists only when this
+    -- number moved, so an edit by the host CLI is seen within a poll.
+    CREATE TABLE lists_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO lists_version (id, version) VALUES (1, 0);
+    "#,
 ];
 
 /// Why the schema could not be brought up to date.

@@ -39,6 +39,11 @@ pub fn is_tombstoned(conn: &Connection, event: &Event) -> rusqlite::Result<bool>
 
 /// NIP-09 entitlement: the author, or a gift wrap's `p`-tagged recipient.
 pub fn may_delete(event: &Event, deleter: &[u8]) -> bool {
+    // NIP-62: "Publishing a deletion request event (Kind 5) against a
+    // request to vanish has no effect."
+    if event.kind == kind::REQUEST_TO_VANISH {
+        return false;
+    }
     if deleter == event.pubkey {
         return true;
     }
@@ -46,6 +51,21 @@ pub fn may_delete(event: &Event, deleter: &[u8]) -> bool {
         && event
             .tag_values("p")
             .any(|p| decode_lower::<32>(p).is_some_and(|p| p[..] == *deleter))
+}
+
+/// NIP-62: whether the author asked this relay to vanish at or after this
+/// event's `created_at`. The request itself is kept as the record (one
+/// seek of the (pubkey, kind, created_at) index), so "the deleted events
+/// cannot be re-broadcasted into the relay".
+pub fn has_vanished(conn: &Connection, event: &Event) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT 1 FROM event WHERE pubkey = ?1 AND kind = ?2 AND created_at >= ?3 LIMIT 1",
+    )?;
+    stmt.exists(params![
+        &event.pubkey[..],
+        kind::REQUEST_TO_VANISH,
+        event.created_at
+    ])
 }
 
 /// Whether an `a`-tag deletion covers this version of an address.

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::sql::{is_address_deleted, is_indexed_tag, is_tombstoned, may_delete, tag_value};
+use super::sql::{
+    has_vanished, is_address_deleted, is_indexed_tag, is_tombstoned, may_delete, tag_value,
+};
 use super::{StoreError, WriteOutcome};
 use crate::nostr::hex::decode_lower;
 use crate::nostr::{CanonicalEvent, Event, KindClass, kind};
@@ -204,6 +206,9 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
     if is_tombstoned(tx, event)? {
         return Ok(WriteOutcome::Deleted);
     }
+    if has_vanished(tx, event)? {
+        return Ok(WriteOutcome::Vanished);
+    }
     let d_tag = event.address_d();
     if let Some(d) = d_tag {
         if is_address_deleted(tx, event, d)? {
@@ -265,6 +270,12 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
     }
     if event.kind == kind::DELETION {
         apply_deletion(tx, event)?;
+    }
+    if event.kind == kind::REQUEST_TO_VANISH {
+        apply_vanish(tx, event, seq)?;
+    }
+    if event.kind == kind::REPORT {
+        super::lists::record_report(tx, event)?;
     }
     // Cannot be negative: seq is an AUTOINCREMENT rowid, which starts at 1.
     Ok(WriteOutcome::Stored { seq: seq as u64 })
@@ -330,9 +341,45 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// NIP-62: deletes everything the requester published up to the request
+/// (NIP-09 deletions included; the request itself stays as the record that
+/// refuses them later), and every gift wrap addressed to it, whose ids are
+/// tombstoned: wraps are back-dated, so a later wrap to this pubkey must
+/// still be accepted, but not these ones again.
+fn apply_vanish(tx: &Connection, request: &Event, request_seq: i64) -> rusqlite::Result<()> {
+    let pubkey = &request.pubkey[..];
+    let own: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT seq FROM event INDEXED BY event_pubkey_kind_time
+             WHERE pubkey = ?1 AND created_at <= ?2 AND seq != ?3",
+        )?
+        .query_map(params![pubkey, request.created_at, request_seq], |row| {
+            row.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for seq in own {
+        delete_event(tx, seq)?;
+    }
+    let wraps: Vec<(i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT e.seq, e.id FROM tag t JOIN event e ON e.seq = t.event_seq
+             WHERE t.name = 'p' AND t.value = ?1 AND t.kind = ?2",
+        )?
+        .query_map(params![pubkey, kind::GIFT_WRAP], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (seq, id) in wraps {
+        tx.prepare_cached("INSERT OR IGNORE INTO deletion (event_id, deleter) VALUES (?1, ?2)")?
+            .execute(params![id, pubkey])?;
+        delete_event(tx, seq)?;
+    }
+    Ok(())
+}
+
 /// Deletes an event and its tag rows. The tag table has no index by event,
 /// so its rows are found by their full key, recomputed from the stored tags.
-fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
+pub(super) fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
     let json: Option<String> = conn
         .prepare_cached("SELECT json FROM event WHERE seq = ?1")?
         .query_row(params![seq], |row| row.get(0))

@@ -153,6 +153,8 @@ impl Drop for RelayProcess {
 /// A NIP-01 client over a real WebSocket.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The NIP-42 challenge the relay sent, once it has been read.
+    pub challenge: Option<String>,
 }
 
 impl Client {
@@ -161,7 +163,56 @@ impl Client {
         let (ws, _) = connect_async_with_config(url, None, true)
             .await
             .expect("websocket connects");
-        Client { ws }
+        Client::from_ws(ws)
+    }
+
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            challenge: None,
+        }
+    }
+
+    /// NIP-42: signs this connection's challenge for `relay_url` with
+    /// `keys` and returns the relay's `OK` (accepted, reason).
+    pub async fn authenticate(&mut self, keys: &Keys, relay_url: &str) -> (bool, String) {
+        let event = self.auth_event(keys, relay_url).await;
+        self.send_json(json!(["AUTH", to_value(&event)])).await;
+        self.ok_for(&event.id.to_hex()).await
+    }
+
+    /// A correct kind-22242 answer to this connection's challenge.
+    pub async fn auth_event(&mut self, keys: &Keys, relay_url: &str) -> Event {
+        let challenge = self.wait_for_challenge().await;
+        EventBuilder::new(Kind::Authentication, "")
+            .tags([
+                Tag::parse(["relay", relay_url]).unwrap(),
+                Tag::parse(["challenge", challenge.as_str()]).unwrap(),
+            ])
+            .finalize(keys)
+            .unwrap()
+    }
+
+    /// The challenge, reading frames until it arrives (it is the first).
+    pub async fn wait_for_challenge(&mut self) -> String {
+        while self.challenge.is_none() {
+            let frame = tokio::time::timeout(ANSWER, self.ws.next())
+                .await
+                .expect("the relay sent its challenge in time");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                    assert_eq!(
+                        message[0], "AUTH",
+                        "expected the challenge first: {message}"
+                    );
+                    self.challenge = message[1].as_str().map(str::to_owned);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected the AUTH challenge, got {other:?}"),
+            }
+        }
+        self.challenge.clone().unwrap()
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
@@ -184,6 +235,14 @@ impl Client {
             match frame {
                 None | Some(Err(_)) => return None,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(text))) if text.as_str().starts_with("[\"AUTH\",") => {
+                    // The NIP-42 challenge, sent when the connection opens.
+                    let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                    self.challenge = message[1].as_str().map(str::to_owned);
+                    if self.challenge.is_none() {
+                        return Some(Message::Text(text));
+                    }
+                }
                 Some(Ok(message)) => return Some(message),
             }
         }
@@ -207,12 +266,18 @@ impl Client {
         }
     }
 
-    /// Nothing arrives within `wait`.
+    /// Nothing arrives within `wait` (pings and the AUTH challenge aside).
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await
-            && !matches!(message, Message::Ping(_) | Message::Pong(_))
-        {
-            panic!("expected silence, got {message:?}");
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match message {
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Text(text) if text.as_str().starts_with("[\"AUTH\",") => {
+                    let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                    self.challenge = message[1].as_str().map(str::to_owned);
+                }
+                other => panic!("expected silence, got {other:?}"),
+            }
         }
     }
 

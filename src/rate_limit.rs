@@ -1,0 +1,320 @@
+//! How fast one client may go: new connections, open connections, EVENTs
+//! and REQs per client address, EVENTs per authenticated author.
+//!
+//! The limits are `governor`'s keyed GCRA limiters (a burst of the
+//! per-minute quota, then a steady refill), so a client that pauses gets its
+//! allowance back smoothly. Addresses are keyed as a network operator would
+//! count subscribers: an IPv4 address exactly, an IPv6 address by its /64
+//! (one household's or one VPS's allocation). Nothing here bans anyone:
+//! refusals are answered `rate-limited:` and stop when the client slows down.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::access::Cidr;
+use crate::config::RateLimit;
+
+/// The part of a client address its limits are kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressKey {
+    V4(u32),
+    /// The top 64 bits.
+    V6(u64),
+}
+
+impl AddressKey {
+    /// IPv4 (including IPv4-mapped IPv6) exactly; IPv6 by /64.
+    pub fn of(ip: IpAddr) -> AddressKey {
+        match ip {
+            IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey::V4(u32::from(v4)),
+                None => AddressKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+type Limiter<K> = DefaultKeyedRateLimiter<K>;
+
+/// A per-minute limiter, or `None` for "no limit" (a quota of 0).
+fn per_minute<K: std::hash::Hash + Eq + Clone>(quota: u32) -> Option<Limiter<K>> {
+    NonZeroU32::new(quota).map(|n| RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)))
+}
+
+/// Every rate limit of the relay, shared by all connections.
+pub struct RateLimits {
+    enabled: bool,
+    exempt: Vec<Cidr>,
+    connections: Option<Limiter<AddressKey>>,
+    events: Option<Limiter<AddressKey>>,
+    reqs: Option<Limiter<AddressKey>>,
+    author_events: Option<Limiter<[u8; 32]>>,
+    max_open_per_address: usize,
+    open: Mutex<HashMap<AddressKey, usize>>,
+    /// Stored queries one connection may run at once; 0 = no limit.
+    pub max_concurrent_queries: usize,
+    /// Refusals in a minute after which a connection is closed.
+    pub max_refusals_per_minute: u32,
+}
+
+/// Held while a connection is open; counts it against its address.
+pub struct OpenConnection {
+    limits: Arc<RateLimits>,
+    key: Option<AddressKey>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
+impl RateLimits {
+    /// The limits `[rate_limit]` describes (validated by `Config`).
+    pub fn new(config: &RateLimit) -> RateLimits {
+        RateLimits {
+            enabled: config.enabled,
+            exempt: config
+                .exempt
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect(),
+            connections: per_minute(config.connections_per_minute),
+            events: per_minute(config.events_per_minute),
+            reqs: per_minute(config.reqs_per_minute),
+            author_events: per_minute(config.events_per_minute_per_pubkey),
+            max_open_per_address: config.max_connections_per_address,
+            open: Mutex::new(HashMap::new()),
+            max_concurrent_queries: if config.enabled {
+                config.max_concurrent_queries
+            } else {
+                0
+            },
+            max_refusals_per_minute: config.max_refusals_per_minute,
+        }
+    }
+
+    /// Whether `ip` is limited at all.
+    pub fn applies_to(&self, ip: IpAddr) -> bool {
+        self.enabled && !self.exempt.iter().any(|range| range.contains(ip))
+    }
+
+    /// A new WebSocket connection from `ip`: admitted (the guard counts it
+    /// until dropped), or the `rate-limited:` reason to answer with 429.
+    pub fn admit_connection(self: &Arc<Self>, ip: IpAddr) -> Result<OpenConnection, String> {
+        if !self.applies_to(ip) {
+            return Ok(OpenConnection {
+                limits: self.clone(),
+                key: None,
+            });
+        }
+        let key = AddressKey::of(ip);
+        if let Some(limiter) = &self.connections
+            && limiter.check_key(&key).is_err()
+        {
+            return Err(
+                "rate-limited: too many new connections from your address; slow down".into(),
+            );
+        }
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if self.max_open_per_address > 0 && *count >= self.max_open_per_address {
+            return Err(format!(
+                "rate-limited: at most {} connections at once from one address",
+                self.max_open_per_address
+            ));
+        }
+        *count += 1;
+        Ok(OpenConnection {
+            limits: self.clone(),
+            key: Some(key),
+        })
+    }
+
+    /// One EVENT from `ip`, by `author` if the connection authenticated as
+    /// the event's author. `Err` is the full `OK false` reason.
+    pub fn allow_event(&self, ip: IpAddr, author: Option<&[u8; 32]>) -> Result<(), String> {
+        if !self.applies_to(ip) {
+            return Ok(());
+        }
+        if let (Some(limiter), Some(author)) = (&self.author_events, author)
+            && limiter.check_key(author).is_err()
+        {
+            return Err("rate-limited: you are publishing too fast; slow down".into());
+        }
+        match &self.events {
+            Some(limiter) if limiter.check_key(&AddressKey::of(ip)).is_err() => {
+                Err("rate-limited: too many events from your address; slow down".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One REQ from `ip`. `Err` is the full `CLOSED` reason.
+    pub fn allow_req(&self, ip: IpAddr) -> Result<(), String> {
+        if !self.applies_to(ip) {
+            return Ok(());
+        }
+        match &self.reqs {
+            Some(limiter) if limiter.check_key(&AddressKey::of(ip)).is_err() => {
+                Err("rate-limited: too many subscriptions from your address; slow down".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets addresses and authors whose allowance is full again, so that
+    /// the limiters' memory follows the active clients, not every client
+    /// ever seen. Called periodically.
+    pub fn forget_idle(&self) {
+        for limiter in [&self.connections, &self.events, &self.reqs]
+            .into_iter()
+            .flatten()
+        {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some(limiter) = &self.author_events {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// The client's address: the socket's peer, or, when the peer is a trusted
+/// reverse proxy, the address it reports (`X-Real-IP`, else the nearest
+/// untrusted entry of `X-Forwarded-For`).
+pub fn client_address(
+    peer: IpAddr,
+    real_ip: Option<&str>,
+    forwarded_for: Option<&str>,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    if let Some(ip) = real_ip.and_then(|v| v.trim().parse::<IpAddr>().ok()) {
+        return ip;
+    }
+    let Some(forwarded_for) = forwarded_for else {
+        return peer;
+    };
+    // Right to left: each proxy appends the address it received from.
+    for entry in forwarded_for.rsplit(',') {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => break,
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64() {
+        assert_eq!(
+            AddressKey::of(ip("2001:db8:1:2:aaaa::1")),
+            AddressKey::of(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            AddressKey::of(ip("2001:db8:1:2::1")),
+            AddressKey::of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            AddressKey::of(ip("::ffff:10.0.0.1")),
+            AddressKey::of(ip("10.0.0.1"))
+        );
+        assert_ne!(
+            AddressKey::of(ip("10.0.0.1")),
+            AddressKey::of(ip("10.0.0.2"))
+        );
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted = vec![
+            Cidr::parse("127.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ];
+        let xff = Some("198.51.100.7, 203.0.113.9, 10.1.1.1");
+        assert_eq!(
+            client_address(ip("127.0.0.1"), None, xff, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_address(ip("192.0.2.1"), None, xff, &trusted),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), Some("198.51.100.1"), xff, &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), None, Some("garbage"), &trusted),
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn a_quota_refuses_past_its_burst_and_exempts_the_exempt() {
+        let limits = RateLimits::new(&RateLimit {
+            events_per_minute: 3,
+            exempt: vec!["127.0.0.1".into()],
+            ..RateLimit::default()
+        });
+        for _ in 0..3 {
+            assert!(limits.allow_event(ip("192.0.2.1"), None).is_ok());
+        }
+        let refused = limits.allow_event(ip("192.0.2.1"), None).unwrap_err();
+        assert!(refused.starts_with("rate-limited:"), "{refused}");
+        assert!(
+            limits.allow_event(ip("192.0.2.2"), None).is_ok(),
+            "others go on"
+        );
+        for _ in 0..10 {
+            assert!(limits.allow_event(ip("127.0.0.1"), None).is_ok());
+        }
+    }
+
+    #[test]
+    fn open_connections_are_counted_until_dropped() {
+        let limits = Arc::new(RateLimits::new(&RateLimit {
+            max_connections_per_address: 2,
+            exempt: Vec::new(),
+            ..RateLimit::default()
+        }));
+        let a = limits.admit_connection(ip("192.0.2.1")).unwrap();
+        let _b = limits.admit_connection(ip("192.0.2.1")).unwrap();
+        assert!(limits.admit_connection(ip("192.0.2.1")).is_err());
+        drop(a);
+        assert!(limits.admit_connection(ip("192.0.2.1")).is_ok());
+    }
+}
