@@ -128,6 +128,10 @@ pub struct Limits {
     pub max_message_length: usize,
     pub max_subscriptions: usize,
     pub max_filters: usize,
+    /// Longest list in one filter (ids, authors, kinds, one tag's values).
+    pub max_filter_values: usize,
+    /// Tag values over every tag condition of one REQ.
+    pub max_tag_values: usize,
     pub max_limit: u64,
     pub default_limit: u64,
     pub max_subid_length: usize,
@@ -293,6 +297,8 @@ impl Default for Limits {
             max_message_length: 262_144,
             max_subscriptions: 32,
             max_filters: 16,
+            max_filter_values: 1000,
+            max_tag_values: 1000,
             max_limit: 1000,
             default_limit: 500,
             max_subid_length: 64,
@@ -425,6 +431,12 @@ impl Config {
         }
         if l.max_subscriptions == 0 {
             return fail("limits.max_subscriptions", "must be at least 1");
+        }
+        if l.max_filter_values == 0 || l.max_tag_values == 0 {
+            return fail(
+                "limits.max_filter_values",
+                "max_filter_values and max_tag_values must be at least 1",
+            );
         }
         if l.max_filters == 0 {
             return fail("limits.max_filters", "must be at least 1");

@@ -524,6 +524,8 @@ impl Session {
                 "blocked: too many subscriptions (max {})",
                 limits.max_subscriptions
             ))
+        } else if let Some(reason) = query_cost_refusal(&filters, limits) {
+            Some(reason)
         } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
             self.count_refusal()?;
             Some(reason)
@@ -720,6 +722,42 @@ impl Session {
         }
         self.names.clear();
     }
+}
+
+/// The bounds on how much one REQ may ask of the database: each list of a
+/// filter, and the tag values of all its filters together. Each value is
+/// an index range the query reads, so these bound its cost up front (the
+/// time budget, `query_timeout_ms`, bounds the rest).
+fn query_cost_refusal(filters: &[Filter], limits: &crate::config::Limits) -> Option<String> {
+    let max = limits.max_filter_values;
+    let mut tag_values = 0;
+    for filter in filters {
+        let lists = [
+            ("ids", filter.ids.as_ref().map_or(0, Vec::len)),
+            ("authors", filter.authors.as_ref().map_or(0, Vec::len)),
+            ("kinds", filter.kinds.as_ref().map_or(0, Vec::len)),
+        ];
+        for (name, len) in lists {
+            if len > max {
+                return Some(format!("blocked: a filter may list at most {max} {name}"));
+            }
+        }
+        for condition in &filter.tags {
+            if condition.values.len() > max {
+                return Some(format!(
+                    "blocked: a filter may list at most {max} #{} values",
+                    condition.letter
+                ));
+            }
+            tag_values += condition.values.len();
+        }
+    }
+    (tag_values > limits.max_tag_values).then(|| {
+        format!(
+            "blocked: a REQ may list at most {} tag values in all",
+            limits.max_tag_values
+        )
+    })
 }
 
 /// Whether a live event was committed after the snapshot a query saw.
