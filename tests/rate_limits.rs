@@ -243,3 +243,11 @@ async fn loopback_is_exempt_by_default_and_untrusted_forwarding_is_ignored() {
     assert!(!a.publish(&note(&keys, "3")).await.0);
     assert!(!b.publish(&note(&keys, "4")).await.0);
 }
+
+#[tokio::test]
+async fn a_blocked_client_behind_a_trusted_proxy_is_refused_at_upgrade() {
+    let relay =
+        TestRelay::start_with(|c| c.access.denied_ips = vec!["203.0.113.0/24".into()]).await;
+    assert_eq!(status_of(connect_as(&relay, "203.0.113.9").await), 403);
+    assert_eq!(status_of(connect_as(&relay, "198.51.100.9").await), 101);
+}

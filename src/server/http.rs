@@ -157,6 +157,14 @@ fn upgrade(
         header("x-forwarded-for"),
         &shared.trusted_proxies,
     );
+    // The socket's peer was checked at accept; behind a proxy, the client
+    // it names is checked here.
+    if shared.access.current().is_ip_blocked(address) {
+        return Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .body(Body::from("blocked: your address is blocked on this relay\n"))
+            .unwrap_or_default();
+    }
     let open = match shared.rate_limits.admit_connection(address) {
         Ok(open) => open,
         Err(reason) => {
