@@ -432,11 +432,11 @@ impl Config {
         if l.max_subscriptions == 0 {
             return fail("limits.max_subscriptions", "must be at least 1");
         }
-        if l.max_filter_values == 0 || l.max_tag_values == 0 {
-            return fail(
-                "limits.max_filter_values",
-                "max_filter_values and max_tag_values must be at least 1",
-            );
+        if l.max_filter_values == 0 {
+            return fail("limits.max_filter_values", "must be at least 1");
+        }
+        if l.max_tag_values == 0 {
+            return fail("limits.max_tag_values", "must be at least 1");
         }
         if l.max_filters == 0 {
             return fail("limits.max_filters", "must be at least 1");

@@ -125,23 +125,32 @@ impl RateLimits {
             });
         }
         let key = AddressKey::of(ip);
-        if let Some(limiter) = &self.connections
-            && limiter.check_key(&key).is_err()
-        {
-            return Err(
-                "rate-limited: too many new connections from your address; slow down".into(),
-            );
-        }
         let mut open = self
             .open
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = open.entry(key).or_insert(0);
+        // The cap on open connections first: a refusal there does not use
+        // up the per-minute allowance.
         if self.max_open_per_address > 0 && *count >= self.max_open_per_address {
-            return Err(format!(
+            let reason = format!(
                 "rate-limited: at most {} connections at once from one address",
                 self.max_open_per_address
-            ));
+            );
+            if *count == 0 {
+                open.remove(&key);
+            }
+            return Err(reason);
+        }
+        if let Some(limiter) = &self.connections
+            && limiter.check_key(&key).is_err()
+        {
+            if *count == 0 {
+                open.remove(&key);
+            }
+            return Err(
+                "rate-limited: too many new connections from your address; slow down".into(),
+            );
         }
         *count += 1;
         Ok(OpenConnection {
@@ -201,8 +210,10 @@ impl RateLimits {
 }
 
 /// The client's address: the socket's peer, or, when the peer is a trusted
-/// reverse proxy, the address it reports (`X-Real-IP`, else the nearest
-/// untrusted entry of `X-Forwarded-For`).
+/// reverse proxy, the address it reports: the nearest untrusted entry of
+/// `X-Forwarded-For` (each proxy appends what it received from, so a
+/// client cannot forge that entry), else `X-Real-IP` (which some proxies
+/// pass through from the client unchanged, so it comes second).
 pub fn client_address(
     peer: IpAddr,
     real_ip: Option<&str>,
@@ -213,21 +224,19 @@ pub fn client_address(
     if !is_trusted(peer) {
         return peer;
     }
-    if let Some(ip) = real_ip.and_then(|v| v.trim().parse::<IpAddr>().ok()) {
-        return ip;
-    }
-    let Some(forwarded_for) = forwarded_for else {
-        return peer;
-    };
-    // Right to left: each proxy appends the address it received from.
-    for entry in forwarded_for.rsplit(',') {
-        match entry.trim().parse::<IpAddr>() {
-            Ok(ip) if is_trusted(ip) => continue,
-            Ok(ip) => return ip,
-            Err(_) => break,
+    if let Some(forwarded_for) = forwarded_for {
+        // Right to left, skipping our own proxies.
+        for entry in forwarded_for.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) if is_trusted(ip) => continue,
+                Ok(ip) => return ip,
+                Err(_) => return peer,
+            }
         }
     }
-    peer
+    real_ip
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer)
 }
 
 #[cfg(test)]
@@ -273,8 +282,14 @@ mod tests {
             client_address(ip("192.0.2.1"), None, xff, &trusted),
             ip("192.0.2.1")
         );
+        // X-Forwarded-For first: a client-supplied X-Real-IP passed through
+        // by a proxy cannot make it exempt.
         assert_eq!(
-            client_address(ip("127.0.0.1"), Some("198.51.100.1"), xff, &trusted),
+            client_address(ip("127.0.0.1"), Some("127.0.0.1"), xff, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), Some("198.51.100.1"), None, &trusted),
             ip("198.51.100.1")
         );
         assert_eq!(

@@ -495,3 +495,40 @@ fn mined(keys: &Keys, content: &str, difficulty: u8) -> Event {
         .unwrap();
     keys.sign_event(unsigned).unwrap()
 }
+
+#[tokio::test]
+async fn at_most_sixteen_pubkeys_but_a_proven_one_may_repeat() {
+    let relay = TestRelay::start().await;
+    let mut c = relay.client().await;
+    let keys: Vec<Keys> = (0..16).map(|_| Keys::generate()).collect();
+    for k in &keys {
+        assert_eq!(c.authenticate(k, &relay.url).await, (true, String::new()));
+    }
+    let (accepted, reason) = c.authenticate(&Keys::generate(), &relay.url).await;
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    // A fresh AUTH event for a pubkey already proven is fine.
+    let again = event(
+        &keys[0],
+        22242,
+        "",
+        &[
+            &["relay", &relay.url],
+            &["challenge", &c.wait_for_challenge().await],
+            &["nonce", "2"],
+        ],
+        now(),
+    );
+    assert_eq!(send_auth(&mut c, &again).await, (true, String::new()));
+}
+
+#[tokio::test]
+async fn without_auth_private_kinds_are_served_to_nobody() {
+    let relay = TestRelay::start_with(|c| c.auth.enabled = false).await;
+    let mut c = relay.client().await;
+    let reason = c.req_closed("dm", vec![json!({"kinds": [4]})]).await;
+    assert!(reason.starts_with("restricted:"), "{reason}");
+    assert!(c.challenge.is_none(), "no challenge was sent");
+    let auth = auth_event(&Keys::generate(), 22242, &[&["challenge", "x"]], now());
+    let (accepted, reason) = send_auth(&mut c, &auth).await;
+    assert!(!accepted && reason.starts_with("invalid:"), "{reason}");
+}

@@ -938,3 +938,25 @@ async fn the_cli_bans_a_pubkey_in_a_running_relay_within_two_seconds() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a pubkey"));
 }
+
+#[tokio::test]
+async fn a_request_to_vanish_survives_a_ban_of_itself() {
+    // NIP-62: "Relays MUST ensure the deleted events cannot be
+    // re-broadcasted into the relay"; the stored request is what ensures it.
+    let admin = Keys::generate();
+    let relay = relay_with_admin(&admin, |_| {}).await;
+    let mut c = relay.client().await;
+    let alice = Keys::generate();
+    let old = event(&alice, 1, "old", &[], now() - 10);
+    assert!(c.publish(&old).await.0);
+    let request = event(&alice, 62, "", &[&["relay", "ALL_RELAYS"]], now());
+    assert!(c.publish(&request).await.0);
+    ok(
+        &relay,
+        &admin,
+        "banevent",
+        json!([request.id.to_hex(), "spam?"]),
+    )
+    .await;
+    assert!(is_blocked(&c.publish(&old).await), "the old note stays out");
+}

@@ -251,3 +251,28 @@ async fn a_blocked_client_behind_a_trusted_proxy_is_refused_at_upgrade() {
     assert_eq!(status_of(connect_as(&relay, "203.0.113.9").await), 403);
     assert_eq!(status_of(connect_as(&relay, "198.51.100.9").await), 101);
 }
+
+#[tokio::test]
+async fn a_refusal_for_open_connections_does_not_use_the_per_minute_allowance() {
+    let relay = limited(|c| {
+        c.rate_limit.connections_per_minute = 3;
+        c.rate_limit.max_connections_per_address = 1;
+    })
+    .await;
+    let first = connect_as(&relay, "203.0.113.1").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(status_of(connect_as(&relay, "203.0.113.1").await), 429);
+    }
+    drop(first);
+    for _ in 0..2 {
+        let mut admitted = None;
+        for _ in 0..50 {
+            if let Ok(client) = connect_as(&relay, "203.0.113.1").await {
+                admitted = Some(client);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(admitted.expect("the per-minute allowance was not spent by refusals"));
+    }
+}

@@ -483,13 +483,25 @@ impl Session {
     /// pubkey to the ones this connection speaks for.
     async fn on_auth(&mut self, event: crate::nostr::Event) -> Result<(), Exit> {
         let id = event.id_hex();
+        // Each AUTH costs a signature check: it counts as an EVENT.
+        if let Err(reason) = self.shared.rate_limits.allow_event(self.address, None) {
+            self.count_refusal()?;
+            return self.send_text(message::ok(&id, false, &reason)).await;
+        }
         let proven = match &self.challenge {
             None => Err("invalid: this relay does not use NIP-42 AUTH".to_owned()),
-            Some(_) if self.authenticated.len() >= MAX_AUTHENTICATED => Err(format!(
-                "blocked: at most {MAX_AUTHENTICATED} pubkeys may authenticate on one connection"
-            )),
             Some(challenge) => auth::verify(&event, challenge, &self.relay_url, unix_now()),
         };
+        let proven = proven.and_then(|pubkey| {
+            if self.authenticated.contains(&pubkey) || self.authenticated.len() < MAX_AUTHENTICATED
+            {
+                Ok(pubkey)
+            } else {
+                Err(format!(
+                    "blocked: at most {MAX_AUTHENTICATED} pubkeys may authenticate on one connection"
+                ))
+            }
+        });
         match proven {
             Ok(pubkey) => {
                 if !self.authenticated.contains(&pubkey) {
@@ -538,10 +550,13 @@ impl Session {
         } else if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
             Some("auth-required: this relay serves only authenticated clients".to_owned())
         } else if filters.iter().all(|f| self.readers.needs_auth_for(f)) {
-            Some(
+            Some(if self.challenge.is_some() {
                 "auth-required: these kinds are served only to their author or recipients; authenticate first"
-                    .to_owned(),
-            )
+                    .to_owned()
+            } else {
+                "restricted: these kinds are served only to their authenticated author or recipients, and this relay does not offer AUTH"
+                    .to_owned()
+            })
         } else {
             None
         };

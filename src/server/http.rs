@@ -162,7 +162,9 @@ fn upgrade(
     if shared.access.current().is_ip_blocked(address) {
         return Response::builder()
             .status(StatusCode::FORBIDDEN)
-            .body(Body::from("blocked: your address is blocked on this relay\n"))
+            .body(Body::from(
+                "blocked: your address is blocked on this relay\n",
+            ))
             .unwrap_or_default();
     }
     let open = match shared.rate_limits.admit_connection(address) {

@@ -61,7 +61,9 @@ pub fn relay_info(config: &Config) -> Value {
         "max_event_tags": l.max_event_tags,
         "max_content_length": l.max_content_length,
         "min_pow_difficulty": l.min_pow_difficulty,
-        "auth_required": config.auth.required_for_read || config.auth.required_for_write,
+        // NIP-11: "requires NIP-42 authentication to happen before a new
+        // connection may perform any other action".
+        "auth_required": config.auth.required_for_read && config.auth.required_for_write,
         "payment_required": false,
         "restricted_writes": config.auth.required_for_write,
     });

@@ -173,9 +173,11 @@ pub fn apply(
                 "DELETE FROM moderation_report WHERE event_id = ?1",
                 params![&id[..]],
             )?;
+            // A NIP-62 request to vanish is never deleted: it is the record
+            // that keeps its author's deleted events out.
             let seq: Option<i64> = tx
                 .query_row(
-                    "SELECT seq FROM event WHERE id = ?1",
+                    "SELECT seq FROM event WHERE id = ?1 AND kind != 62",
                     params![&id[..]],
                     |row| row.get(0),
                 )
