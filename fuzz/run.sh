@@ -3,7 +3,7 @@
 #
 #   bash fuzz/run.sh                      # each target for 30 s
 #   FUZZ_SECONDS=300 bash fuzz/run.sh     # each target for 5 min
-#   FUZZ_RUNS=1000000 bash fuzz/run.sh    # each target until 1,000,000 runs
+#   FUZZ_SECONDS=0 FUZZ_RUNS=1000000 bash fuzz/run.sh   # each until 1,000,000 runs
 #   bash fuzz/run.sh filter http_request  # only these targets
 #
 # Environment:
@@ -64,7 +64,8 @@ for target in "${targets[@]}"; do
         # long-lived server's memory hides anyway.
         target_args+=(-detect_leaks=0)
     fi
-    echo "== fuzzing $target (${seconds}s${runs:+, at most $runs runs}); log: $log"
+    if [ "$seconds" = 0 ]; then limit="no time limit"; else limit="${seconds}s"; fi
+    echo "== fuzzing $target ($limit${runs:+, at most $runs runs}); log: $log"
     status=0
     cargo fuzz run --sanitizer "$sanitizer" "$target" "$corpus" "$seeds" -- \
         "${libfuzzer_args[@]}" "${target_args[@]}" >"$log" 2>&1 || status=$?
@@ -87,9 +88,14 @@ for target in "${targets[@]}"; do
     echo "${summary[-1]}"
 done
 
-# The http_request target's relay keeps its database under here; its
-# process has exited, so nothing uses it any more.
-rm -rf "${TMPDIR:-/tmp}/nostr-relayd-fuzz"
+# The http_request target keeps its relay's database in a directory named
+# after its pid; remove those whose process is gone (not a concurrent run's).
+for dir in "${TMPDIR:-/tmp}"/nostr-relayd-fuzz/*; do
+    if [ -d "$dir" ] && [ ! -d "/proc/${dir##*/}" ]; then
+        rm -rf "$dir"
+    fi
+done
+rmdir "${TMPDIR:-/tmp}/nostr-relayd-fuzz" 2>/dev/null || true
 
 echo
 echo "== summary"
