@@ -136,6 +136,30 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO lists_version (id, version) VALUES (1, 0);
     "#,
+    // 3: NIP-77 negentropy reads its items, (created_at, id), from one
+    // covering index, so a session over a large filter never loads events.
+    r#"
+    CREATE INDEX event_created_id ON event(created_at, id);
+    "#,
+    // 4: `nostr-relayd sync`: where each remote and filter was left, and
+    // the ids this relay refused from a remote (stale replaceable versions,
+    // deleted, vanished), so they are not offered again as differences.
+    r#"
+    CREATE TABLE sync_checkpoint (
+        remote     TEXT    NOT NULL,
+        filter     TEXT    NOT NULL,
+        -- Newest created_at fully reconciled (REQ fallback walks below it).
+        until      INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (remote, filter)
+    ) WITHOUT ROWID;
+    CREATE TABLE sync_refused (
+        remote TEXT NOT NULL,
+        id     BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (remote, id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Why the schema could not be brought up to date.
