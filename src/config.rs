@@ -32,6 +32,80 @@ pub struct Config {
     pub rate_limit: RateLimit,
     pub management: Management,
     pub access: Access,
+    pub search: Search,
+    pub negentropy: Negentropy,
+}
+
+/// NIP-77 negentropy sync: `NEG-OPEN`, `NEG-MSG`, `NEG-CLOSE` on the
+/// WebSocket. Each open session holds its records, (created_at, id), in
+/// memory: at most `max_records` × 40 bytes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Negentropy {
+    /// Answer NEG-OPEN; off: `NEG-ERR "blocked: …"`.
+    pub enabled: bool,
+    /// Most records (events) one session may reconcile; a filter matching
+    /// more is refused with `NEG-ERR "blocked: …"` naming this number.
+    pub max_records: usize,
+    /// Sessions open at once on one connection (a memory bound, enforced
+    /// whatever `rate_limit.enabled` says).
+    pub max_sessions: usize,
+    /// Seconds without a NEG-MSG after which a session is closed
+    /// (`NEG-ERR "closed: …"`).
+    pub idle_seconds: u64,
+    /// Largest negentropy message the relay sends, in bytes before hex
+    /// encoding (a NEG-MSG frame is about twice as long); 0 = no limit,
+    /// otherwise at least 4096.
+    pub frame_size_limit: u64,
+}
+
+impl Default for Negentropy {
+    fn default() -> Self {
+        Negentropy {
+            enabled: true,
+            max_records: 500_000,
+            max_sessions: 4,
+            idle_seconds: 60,
+            frame_size_limit: 60_000,
+        }
+    }
+}
+
+/// NIP-50 full-text search: a filter's `search` is answered from an FTS5
+/// index over the text of these kinds (content; for kind 0 the profile's
+/// name, display_name, about and nip05). Changing `kinds` or `enabled`
+/// rebuilds (or drops) the index at the next start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Search {
+    /// Answer filters with `search`; off: they are refused with
+    /// `CLOSED "unsupported: …"` and the index is emptied.
+    pub enabled: bool,
+    /// The kinds whose text is indexed; a search over other kinds finds
+    /// nothing.
+    pub kinds: Vec<u16>,
+}
+
+impl Default for Search {
+    fn default() -> Self {
+        Search {
+            enabled: true,
+            kinds: vec![0, 1, 30023],
+        }
+    }
+}
+
+impl Search {
+    /// The kinds the index holds: sorted, none when search is off.
+    pub fn indexed_kinds(&self) -> Vec<u16> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let mut kinds = self.kinds.clone();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds
+    }
 }
 
 /// The NIP-86 management API: JSON-RPC over HTTP POST on the relay's URL,
@@ -277,6 +351,8 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             management: Management::default(),
             access: Access::default(),
+            search: Search::default(),
+            negentropy: Negentropy::default(),
         }
     }
 }
@@ -472,6 +548,22 @@ impl Config {
         }
         if self.plugin.timeout_ms == 0 {
             return fail("plugin.timeout_ms", "must be at least 1");
+        }
+        let neg = &self.negentropy;
+        if neg.max_records == 0 {
+            return fail("negentropy.max_records", "must be at least 1");
+        }
+        if neg.max_sessions == 0 {
+            return fail("negentropy.max_sessions", "must be at least 1");
+        }
+        if neg.idle_seconds == 0 {
+            return fail("negentropy.idle_seconds", "must be at least 1");
+        }
+        if neg.frame_size_limit != 0 && neg.frame_size_limit < 4096 {
+            return fail(
+                "negentropy.frame_size_limit",
+                "must be 0 (no limit) or at least 4096",
+            );
         }
         self.validate_access()?;
         Ok(())

@@ -149,8 +149,10 @@ pub struct Fanout {
 }
 
 /// The buckets a filter is filed under: the most selective field it has.
+/// A NIP-50 `search` filter is filed under none: live events are never
+/// matched against it (it gets stored results only).
 fn buckets_of(filter: &Filter) -> Vec<Bucket> {
-    if filter.is_unsatisfiable() {
+    if filter.is_unsatisfiable() || filter.search.is_some() {
         return Vec::new();
     }
     if let Some(ids) = &filter.ids {

@@ -181,7 +181,8 @@ fn store_failure(error: StoreError) -> Verdict {
 
 /// Whether a NIP-62 request names this relay: `ALL_RELAYS`, or a `relay`
 /// tag that is this relay's URL (compared as NIP-42 compares them).
-fn names_this_relay(request: &Event, relay_url: &str) -> bool {
+/// `nostr-relayd sync` asks the same of a downloaded request.
+pub fn names_this_relay(request: &Event, relay_url: &str) -> bool {
     request
         .tag_values("relay")
         .any(|url| url == "ALL_RELAYS" || same_relay(url, relay_url))

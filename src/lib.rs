@@ -22,6 +22,7 @@ pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod worker_pool;
 
 pub use config::Config;

@@ -30,6 +30,10 @@ enum Command {
         #[command(subcommand)]
         command: nostr_relayd::admin::AdminCommand,
     },
+    /// Reconcile this relay's database with a remote relay for a filter
+    /// (NIP-77, else paginated REQs): download, upload or both; resumable;
+    /// `--stream` then mirrors the remote live.
+    Sync(nostr_relayd::sync::SyncArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sync(args) => nostr_relayd::sync::run(&config, &args),
     }
 }
 

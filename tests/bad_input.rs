@@ -203,20 +203,19 @@ async fn req_without_a_filter_is_closed_invalid() {
     client.assert_healthy().await;
 }
 
-/// COUNT (NIP-45) is not implemented: the relay says so with CLOSED
-/// "unsupported:" rather than leaving the client waiting.
+/// COUNT (NIP-45) is answered; a malformed one is refused with CLOSED
+/// (tests/count.rs has the rest).
 #[tokio::test]
-async fn count_is_closed_unsupported() {
+async fn count_is_answered_and_a_bad_one_closed() {
     let relay = TestRelay::start().await;
     let mut client = relay.client().await;
     let answer = answer_to(&mut client, r#"["COUNT","c",{}]"#).await;
-    assert_eq!(
-        answer,
-        json!([
-            "CLOSED",
-            "c",
-            "unsupported: COUNT (NIP-45) is not supported by this relay"
-        ])
+    assert_eq!(answer, json!(["COUNT", "c", {"count": 0}]));
+    let answer = answer_to(&mut client, r#"["COUNT","c",{"kinds":"x"}]"#).await;
+    assert_eq!(answer[0], "CLOSED", "{answer}");
+    assert!(
+        answer[2].as_str().unwrap().starts_with("invalid:"),
+        "{answer}"
     );
     client.assert_healthy().await;
 }
@@ -536,9 +535,10 @@ async fn filters_with_wrong_types_are_closed() {
         (json!([]), "invalid: filter must be a JSON object"),
         (json!("kinds"), "invalid: filter must be a JSON object"),
         (json!(null), "invalid: filter must be a JSON object"),
+        (json!({"search": 5}), "invalid: search must be a string"),
         (
-            json!({"search": "x"}),
-            "unsupported: filter field search is not supported by this relay",
+            json!({"nsfw": false}),
+            "unsupported: filter field nsfw is not supported by this relay",
         ),
         (
             json!({"#ab": ["x"]}),
@@ -908,8 +908,8 @@ async fn max_subscriptions_counts_open_subscriptions_only() {
         "invalid: kinds must contain integers from 0 to 65535"
     );
     assert_eq!(
-        client.req_closed("y", vec![json!({"search": "x"})]).await,
-        "unsupported: filter field search is not supported by this relay"
+        client.req_closed("y", vec![json!({"nsfw": false})]).await,
+        "unsupported: filter field nsfw is not supported by this relay"
     );
     assert_eq!(
         client.req("z", vec![open.clone()]).await,

@@ -83,6 +83,11 @@ fn protocol_message() -> impl Strategy<Value = Value> {
             Value::Array(message)
         }),
         json_value().prop_map(|v| json!(["CLOSE", v])),
+        (".{0,70}", json_value(), "[0-9a-fA-F]{0,80}|.{0,8}")
+            .prop_map(|(id, filter, hex)| json!(["NEG-OPEN", id, filter, hex])),
+        (json_value(), "[0-9a-fA-F]{0,80}|.{0,8}")
+            .prop_map(|(id, hex)| json!(["NEG-MSG", id, hex])),
+        json_value().prop_map(|v| json!(["NEG-CLOSE", v])),
     ]
 }
 
@@ -93,7 +98,9 @@ fn check_answer(text: &str) -> Result<(), TestCaseError> {
             .map_err(|e| TestCaseError::fail(format!("unparsable answer: {e}")))?;
         let reason = match &rejection {
             Rejection::Notice(reason) => reason,
-            Rejection::Ok { reason, .. } | Rejection::Closed { reason, .. } => reason,
+            Rejection::Ok { reason, .. }
+            | Rejection::Closed { reason, .. }
+            | Rejection::NegErr { reason, .. } => reason,
         };
         prop_assert!(frame.is_array());
         prop_assert!(

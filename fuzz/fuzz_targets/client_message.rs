@@ -5,9 +5,9 @@
 //! - parsing never panics, whatever the bytes (deep nesting, lone surrogates,
 //!   huge numbers, wrong verbs, wrong arity);
 //! - every refusal's frame (`rejection.to_frame()`) is valid JSON and a
-//!   non-empty array whose first element is `"NOTICE"`, `"OK"` or `"CLOSED"`,
-//!   because NIP-01 clients must always be able to read why they were refused
-//!   (an unreadable refusal is as bad as none).
+//!   non-empty array whose first element is `"NOTICE"`, `"OK"`, `"CLOSED"` or
+//!   `"NEG-ERR"` (NIP-77), because clients must always be able to read why
+//!   they were refused (an unreadable refusal is as bad as none).
 //!
 //! Inputs that are not UTF-8 are skipped: a WebSocket text frame is UTF-8 by
 //! definition, and tungstenite refuses the others before the parser.
@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
                 .and_then(|items| items.first())
                 .and_then(Value::as_str);
             assert!(
-                matches!(verb, Some("NOTICE" | "OK" | "CLOSED")),
-                "rejection frame is not a NOTICE/OK/CLOSED array: {frame:?}"
+                matches!(verb, Some("NOTICE" | "OK" | "CLOSED" | "NEG-ERR")),
+                "rejection frame is not a NOTICE/OK/CLOSED/NEG-ERR array: {frame:?}"
             );
         }
     }

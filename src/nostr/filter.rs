@@ -21,6 +21,10 @@ pub struct Filter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<u64>,
+    /// NIP-50 `search`: answered from the full-text index only (see
+    /// `store::search`); such a filter never matches in memory, so live
+    /// events are not matched against it.
+    pub search: Option<String>,
     /// Kinds the relay keeps out of this filter's results (never parsed
     /// from a client; see `privacy`). Sorted.
     pub excluded_kinds: Vec<u16>,
@@ -57,7 +61,7 @@ fn invalid(message: impl Into<String>) -> FilterError {
 
 impl Filter {
     /// Reads one filter object. Keys the relay does not implement are
-    /// refused, never ignored: ignoring `search` would match everything.
+    /// refused, never ignored: ignoring one would match too much.
     pub fn from_value(value: &Value) -> Result<Filter, FilterError> {
         let object = value
             .as_object()
@@ -70,6 +74,14 @@ impl Filter {
                 "kinds" => filter.kinds = Some(kind_list(value)?),
                 "since" => filter.since = Some(timestamp(value, "since")?),
                 "until" => filter.until = Some(timestamp(value, "until")?),
+                "search" => {
+                    filter.search = Some(
+                        value
+                            .as_str()
+                            .ok_or_else(|| invalid("search must be a string"))?
+                            .to_owned(),
+                    )
+                }
                 "limit" => {
                     filter.limit = Some(
                         value
@@ -96,7 +108,12 @@ impl Filter {
     }
 
     /// Whether `event` satisfies every condition (`limit` plays no part).
+    /// A `search` filter matches nothing here: relevance is the index's
+    /// to judge, and NIP-50 results are stored events only.
     pub fn matches(&self, event: &Event) -> bool {
+        if self.search.is_some() {
+            return false;
+        }
         if let Some(ids) = &self.ids
             && ids.binary_search(&event.id).is_err()
         {
@@ -256,6 +273,15 @@ mod tests {
     }
 
     #[test]
+    fn a_search_filter_is_parsed_and_never_matches_in_memory() {
+        let f = filter(json!({"search": "nostr \"good morning\"", "kinds": [1]})).unwrap();
+        assert_eq!(f.search.as_deref(), Some("nostr \"good morning\""));
+        let e = event(1, 100, json!([]));
+        assert!(!f.matches(&e));
+        assert!(Filter { search: None, ..f }.matches(&e));
+    }
+
+    #[test]
     fn since_and_until_are_inclusive() {
         // NIP-01: "an event matches a filter if since <= created_at <= until holds."
         let e = event(1, 100, json!([]));
@@ -309,7 +335,11 @@ mod tests {
             Err(FilterError::Invalid(_))
         ));
         assert!(matches!(
-            filter(json!({"search": "x"})),
+            filter(json!({"search": 5})),
+            Err(FilterError::Invalid(_))
+        ));
+        assert!(matches!(
+            filter(json!({"searchx": "x"})),
             Err(FilterError::Unsupported(_))
         ));
         assert!(matches!(

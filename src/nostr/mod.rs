@@ -8,6 +8,7 @@ pub mod hex;
 pub mod kind;
 pub mod message;
 pub mod nip19;
+pub mod nip45;
 pub mod nip98;
 pub mod pow;
 pub mod relay_url;

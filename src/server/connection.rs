@@ -17,6 +17,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
@@ -33,8 +34,9 @@ use crate::nostr::{ClientMessage, Filter, Rejection};
 use crate::privacy::Readers;
 use crate::rate_limit::OpenConnection;
 use crate::shutdown::Shutdown;
+use crate::store::negentropy::NegItems;
 use crate::store::unix_now;
-use crate::store::{QueryResult, StoreError};
+use crate::store::{CountResult, QueryResult, StoreError};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type Sink = SplitSink<Socket, Message>;
@@ -46,6 +48,71 @@ enum Reply {
     /// A REQ's stored events are ready (boxed: the reply queue's slots are
     /// allocated per connection, so every variant is kept pointer-sized).
     Stored(Box<StoredReply>),
+    /// A COUNT's answer is ready (NIP-45).
+    Counted(Box<CountReply>),
+    /// A NEG-OPEN's records are read and its first answer made.
+    Neg(Box<NegReply>),
+}
+
+/// The outcome of one NEG-OPEN.
+struct NegReply {
+    sub_id: String,
+    generation: u64,
+    outcome: NegOutcome,
+}
+
+enum NegOutcome {
+    /// The session, and its answer to the initial message.
+    Ready {
+        negentropy: Box<Reconciler>,
+        answer: Vec<u8>,
+    },
+    /// `NEG-ERR` with this reason (and the record cap, when that is why).
+    Refused {
+        reason: String,
+        max_records: Option<usize>,
+    },
+}
+
+/// The relay's side of one negentropy session; it owns its records.
+type Reconciler = Negentropy<'static, NegentropyStorageVector>;
+
+/// A NIP-77 session; its ids are a namespace apart from REQ's.
+struct NegSession {
+    /// Distinguishes this NEG-OPEN from an earlier one with the same id.
+    generation: u64,
+    phase: NegPhase,
+}
+
+enum NegPhase {
+    /// The records are being read; the task is aborted if the session ends.
+    Loading { task: AbortHandle },
+    /// Waiting for the client's NEG-MSG; closed when idle past
+    /// `negentropy.idle_seconds`.
+    Open {
+        negentropy: Box<Reconciler>,
+        last_active: tokio::time::Instant,
+    },
+    /// A NEG-MSG is being answered on a blocking thread (linear in the
+    /// records: up to ~30 ms at 500,000), which hands the session back.
+    Answering,
+}
+
+impl Drop for NegSession {
+    /// A session closed or replaced while its records load cancels the read.
+    fn drop(&mut self) {
+        if let NegPhase::Loading { task } = &self.phase {
+            task.abort();
+        }
+    }
+}
+
+/// The outcome of one COUNT.
+struct CountReply {
+    sub_id: String,
+    /// Which running COUNT this answers.
+    number: u64,
+    result: Result<CountResult, StoreError>,
 }
 
 /// The outcome of one REQ's query.
@@ -105,6 +172,8 @@ struct Session {
     sink: Sink,
     subscriptions: HashMap<String, Subscription>,
     names: HashMap<SubscriptionKey, String>,
+    /// NIP-77 sessions by subscription id (not REQ's namespace).
+    neg_sessions: HashMap<String, NegSession>,
     mailbox: Mailbox,
     overflow: Arc<Overflow>,
     replies: mpsc::Sender<Reply>,
@@ -127,6 +196,8 @@ struct Session {
     address: IpAddr,
     /// Rate-limit refusals in the current minute, and when it began.
     refusals: (u32, tokio::time::Instant),
+    /// COUNTs whose answer has not arrived: each is a running query.
+    counts: Vec<(u64, AbortHandle)>,
     _open: OpenConnection,
 }
 
@@ -155,8 +226,11 @@ pub async fn serve(
     let (sink, mut stream) = socket.split();
     let network = &shared.config.network;
     let (mailbox, mut deliveries, overflow) = shared.fanout.mailbox(network.send_queue_events);
-    let (replies, mut reply_queue) =
-        mpsc::channel(network.max_events_in_flight + shared.config.limits.max_subscriptions);
+    let (replies, mut reply_queue) = mpsc::channel(
+        network.max_events_in_flight
+            + shared.config.limits.max_subscriptions
+            + shared.config.negentropy.max_sessions,
+    );
     let ping_period = Duration::from_secs(network.ping_interval_seconds.max(1));
     let mut session = Session {
         events_in_flight: Arc::new(Semaphore::new(network.max_events_in_flight)),
@@ -164,6 +238,7 @@ pub async fn serve(
         sink,
         subscriptions: HashMap::new(),
         names: HashMap::new(),
+        neg_sessions: HashMap::new(),
         mailbox,
         overflow,
         replies,
@@ -177,6 +252,7 @@ pub async fn serve(
         readers: Readers::new(&shared.config.auth.private_kinds, &[]),
         address: peer.address,
         refusals: (0, tokio::time::Instant::now()),
+        counts: Vec::new(),
         _open: peer.open,
         shared,
     };
@@ -198,11 +274,14 @@ pub async fn serve(
     // Handlers are boxed: an idle connection's task then holds only the
     // small futures of this select, not the largest handler's state.
     let exit = loop {
+        let neg_idle_at = session.neg_idle_deadline();
         let step = tokio::select! {
             _ = shutdown.recv() => Err(Exit::Close(CloseCode::Away, "relay shutting down")),
             _ = session.overflow.notify.notified() => Box::pin(session.on_overflow()).await,
             Some(reply) = reply_queue.recv() => Box::pin(session.on_reply(reply)).await,
             Some(delivery) = deliveries.recv() => session.on_delivery(delivery).await,
+            _ = tokio::time::sleep_until(neg_idle_at.unwrap_or_else(tokio::time::Instant::now)),
+                if neg_idle_at.is_some() => Box::pin(session.close_idle_neg_sessions()).await,
             _ = ping.tick() => {
                 if awaiting_pong {
                     Err(Exit::Close(CloseCode::Policy, "no pong received"))
@@ -376,8 +455,23 @@ impl Session {
             Ok(ClientMessage::Event(event)) => self.on_event(*event).await,
             Ok(ClientMessage::Auth(event)) => self.on_auth(*event).await,
             Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
+            Ok(ClientMessage::Count {
+                sub_id,
+                filters,
+                hll_offset,
+            }) => self.on_count(sub_id, filters, hll_offset).await,
             Ok(ClientMessage::Close { sub_id }) => {
                 self.close_subscription(&sub_id);
+                Ok(())
+            }
+            Ok(ClientMessage::NegOpen {
+                sub_id,
+                filter,
+                message,
+            }) => self.on_neg_open(sub_id, *filter, message).await,
+            Ok(ClientMessage::NegMsg { sub_id, message }) => self.on_neg_msg(sub_id, message).await,
+            Ok(ClientMessage::NegClose { sub_id }) => {
+                self.neg_sessions.remove(&sub_id);
                 Ok(())
             }
             Err(rejection) => {
@@ -385,6 +479,10 @@ impl Session {
                 // side", so a refused REQ also ends an open one with that id.
                 if let Rejection::Closed { sub_id, .. } = &rejection {
                     self.close_subscription(sub_id);
+                }
+                // NIP-77: after a NEG-ERR the session is closed.
+                if let Rejection::NegErr { sub_id, .. } = &rejection {
+                    self.neg_sessions.remove(sub_id);
                 }
                 self.send_text(rejection.to_frame()).await
             }
@@ -463,12 +561,19 @@ impl Session {
         Ok(())
     }
 
-    /// Subscriptions whose stored events are still being read.
+    /// Subscriptions whose stored events are still being read, negentropy
+    /// sessions whose records are, and COUNTs not yet answered.
     fn queries_running(&self) -> usize {
         self.subscriptions
             .values()
             .filter(|s| matches!(s.phase, Phase::Loading { .. }))
             .count()
+            + self
+                .neg_sessions
+                .values()
+                .filter(|s| matches!(s.phase, NegPhase::Loading { .. }))
+                .count()
+            + self.counts.len()
     }
 
     /// The per-connection cap on running queries (`usize::MAX`: none).
@@ -529,6 +634,8 @@ impl Session {
                 "blocked: too many filters in one REQ (max {})",
                 limits.max_filters
             ))
+        } else if let Some(reason) = search_refusal(&filters, "REQ", &self.shared.config) {
+            Some(reason)
         } else if !self.subscriptions.contains_key(&sub_id)
             && self.subscriptions.len() >= limits.max_subscriptions
         {
@@ -624,9 +731,127 @@ impl Session {
         .abort_handle()
     }
 
+    /// NIP-45: counts in the database what a REQ with these filters would
+    /// return to this connection without limits, under the same rules as a
+    /// REQ (query cost, rate limits, concurrent queries, authentication,
+    /// private kinds, time budget); every refusal is a CLOSED.
+    async fn on_count(
+        &mut self,
+        sub_id: String,
+        filters: Vec<Filter>,
+        hll_offset: Option<u8>,
+    ) -> Result<(), Exit> {
+        let limits = &self.shared.config.limits;
+        let refusal = if sub_id.is_empty() {
+            Some("invalid: query id must not be empty".to_owned())
+        } else if sub_id.chars().count() > limits.max_subid_length {
+            Some(format!(
+                "invalid: query id is longer than {} characters",
+                limits.max_subid_length
+            ))
+        } else if filters.len() > limits.max_filters {
+            Some(format!(
+                "blocked: too many filters in one COUNT (max {})",
+                limits.max_filters
+            ))
+        } else if self.counts.len() >= limits.max_subscriptions {
+            // A memory bound, kept even without rate limits: each running
+            // COUNT holds a task and a slot of the reply queue.
+            Some(format!(
+                "blocked: too many COUNTs running at once (max {})",
+                limits.max_subscriptions
+            ))
+        } else if let Some(reason) = search_refusal(&filters, "COUNT", &self.shared.config) {
+            Some(reason)
+        } else if let Some(reason) = query_cost_refusal(&filters, limits) {
+            Some(reason)
+        } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
+            self.count_refusal()?;
+            Some(reason)
+        } else if self.queries_running() >= self.max_queries() {
+            self.count_refusal()?;
+            Some(format!(
+                "rate-limited: at most {} queries may run at once on one connection; wait for an answer",
+                self.max_queries()
+            ))
+        } else {
+            self.read_refusal(&filters)
+        };
+        if let Some(reason) = refusal {
+            // As for any CLOSED: a subscription with this id is over too.
+            self.close_subscription(&sub_id);
+            return self.send_text(message::closed(&sub_id, &reason)).await;
+        }
+        self.next_generation += 1;
+        let number = self.next_generation;
+        let store = self.shared.store.clone();
+        let replies = self.replies.clone();
+        let readers = self.readers.clone();
+        let in_flight = self.shared.counters.queries_in_flight.hold();
+        let task = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let result = store.count(filters.into(), readers, hll_offset).await;
+            let reply = CountReply {
+                sub_id,
+                number,
+                result,
+            };
+            let _ = replies.send(Reply::Counted(Box::new(reply))).await;
+        });
+        self.counts.push((number, task.abort_handle()));
+        Ok(())
+    }
+
+    /// Why this connection may not read what `filters` ask for, if it may
+    /// not: `auth.required_for_read` and no AUTH yet, or only private kinds
+    /// asked for by a connection that has not authenticated.
+    fn read_refusal(&self, filters: &[Filter]) -> Option<String> {
+        if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
+            Some("auth-required: this relay serves only authenticated clients".to_owned())
+        } else if filters.iter().all(|f| self.readers.needs_auth_for(f)) {
+            Some(if self.challenge.is_some() {
+                "auth-required: these kinds are served only to their author or recipients; authenticate first"
+                    .to_owned()
+            } else {
+                "restricted: these kinds are served only to their authenticated author or recipients, and this relay does not offer AUTH"
+                    .to_owned()
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Sends a COUNT's answer, or CLOSED if the count failed.
+    async fn on_counted(&mut self, reply: CountReply) -> Result<(), Exit> {
+        let CountReply {
+            sub_id,
+            number,
+            result,
+        } = reply;
+        self.counts.retain(|(n, _)| *n != number);
+        match result {
+            Ok(counted) => {
+                let hll = counted.hll.as_ref().map(|r| r.to_hex());
+                let frame = message::count_frame(&quote(&sub_id), counted.count, hll.as_deref());
+                self.send_text(frame).await
+            }
+            Err(error) => {
+                if error == StoreError::Timeout {
+                    tracing::debug!(peer = %self.peer, %error, "count failed");
+                } else {
+                    tracing::warn!(peer = %self.peer, %error, "count failed");
+                }
+                self.close_subscription(&sub_id);
+                self.send_text(message::closed(&sub_id, &format!("error: {error}")))
+                    .await
+            }
+        }
+    }
+
     async fn on_reply(&mut self, reply: Reply) -> Result<(), Exit> {
         match reply {
             Reply::Frame(frame) => self.send_text(frame).await,
+            Reply::Counted(counted) => self.on_counted(*counted).await,
             Reply::Stored(stored) => {
                 let StoredReply {
                     sub_id,
@@ -635,6 +860,7 @@ impl Session {
                 } = *stored;
                 self.on_stored(sub_id, generation, result).await
             }
+            Reply::Neg(reply) => self.on_neg_ready(*reply).await,
         }
     }
 
@@ -739,6 +965,326 @@ impl Session {
     }
 }
 
+/// NIP-77 negentropy: NEG-OPEN is read like a REQ without a limit (the same
+/// checks, in the same order), its records are read on a reader thread, and
+/// the session, kept here, then answers each NEG-MSG on a blocking thread
+/// until NEG-CLOSE, a NEG-ERR, or `negentropy.idle_seconds` without a NEG-MSG.
+impl Session {
+    async fn on_neg_open(
+        &mut self,
+        sub_id: String,
+        filter: Filter,
+        initial: Vec<u8>,
+    ) -> Result<(), Exit> {
+        // NIP-77: "If a NEG-OPEN is issued for a currently open subscription
+        // ID, the existing subscription is first closed."
+        self.neg_sessions.remove(&sub_id);
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let limits = &config.limits;
+        let neg = &config.negentropy;
+        let refusal = if !neg.enabled {
+            Some("blocked: negentropy (NIP-77) is disabled on this relay".to_owned())
+        } else if sub_id.is_empty() {
+            Some("invalid: subscription id must not be empty".to_owned())
+        } else if sub_id.chars().count() > limits.max_subid_length {
+            Some(format!(
+                "invalid: subscription id is longer than {} characters",
+                limits.max_subid_length
+            ))
+        } else if let Some(reason) =
+            search_refusal(std::slice::from_ref(&filter), "NEG-OPEN", config)
+        {
+            Some(reason)
+        } else if filter.search.is_some() {
+            // A NIP-50 search is ranked and limited, not a set to reconcile.
+            Some("unsupported: a search (NIP-50) filter cannot be synced with NIP-77".to_owned())
+        } else if self.neg_sessions.len() >= neg.max_sessions {
+            Some(format!(
+                "blocked: too many negentropy sessions on one connection (max {})",
+                neg.max_sessions
+            ))
+        } else if let Some(reason) = query_cost_refusal(std::slice::from_ref(&filter), limits) {
+            Some(reason)
+        } else if let Err(reason) = shared.rate_limits.allow_req(self.address) {
+            self.count_refusal()?;
+            Some(reason)
+        } else if self.queries_running() >= self.max_queries() {
+            self.count_refusal()?;
+            Some(format!(
+                "rate-limited: at most {} queries may run at once on one connection",
+                self.max_queries()
+            ))
+        } else if config.auth.required_for_read && self.authenticated.is_empty() {
+            Some("auth-required: this relay serves only authenticated clients".to_owned())
+        } else if self.readers.needs_auth_for(&filter) {
+            Some(if self.challenge.is_some() {
+                "auth-required: these kinds are served only to their author or recipients; authenticate first"
+                    .to_owned()
+            } else {
+                "restricted: these kinds are served only to their authenticated author or recipients, and this relay does not offer AUTH"
+                    .to_owned()
+            })
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self
+                .send_text(message::neg_err(&sub_id, &reason, None))
+                .await;
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let task = self.spawn_neg_open(sub_id.clone(), generation, filter, initial);
+        self.neg_sessions.insert(
+            sub_id,
+            NegSession {
+                generation,
+                phase: NegPhase::Loading { task },
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads a NEG-OPEN's records and answers its initial message on a
+    /// task of its own; the outcome comes back as a [`Reply::Neg`].
+    fn spawn_neg_open(
+        &self,
+        sub_id: String,
+        generation: u64,
+        filter: Filter,
+        initial: Vec<u8>,
+    ) -> AbortHandle {
+        let store = self.shared.store.clone();
+        let replies = self.replies.clone();
+        let readers = self.readers.clone();
+        let max_records = self.shared.config.negentropy.max_records;
+        let frame_size_limit = self.shared.config.negentropy.frame_size_limit;
+        let in_flight = self.shared.counters.queries_in_flight.hold();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let outcome = match store.negentropy_items(filter, readers, max_records).await {
+                Ok(NegItems::TooMany) => NegOutcome::Refused {
+                    reason: format!("blocked: this query is too big (max {max_records} records)"),
+                    max_records: Some(max_records),
+                },
+                // Sorting up to max_records records is CPU work: not on
+                // the threads that serve connections.
+                Ok(NegItems::Found(items)) => tokio::task::spawn_blocking(move || {
+                    open_neg_session(items, frame_size_limit, &initial)
+                })
+                .await
+                .unwrap_or_else(|_| NegOutcome::Refused {
+                    reason: "error: the negentropy session could not be opened".into(),
+                    max_records: None,
+                }),
+                Err(error) => NegOutcome::Refused {
+                    reason: format!("error: {error}"),
+                    max_records: None,
+                },
+            };
+            let reply = NegReply {
+                sub_id,
+                generation,
+                outcome,
+            };
+            let _ = replies.send(Reply::Neg(Box::new(reply))).await;
+        })
+        .abort_handle()
+    }
+
+    async fn on_neg_ready(&mut self, reply: NegReply) -> Result<(), Exit> {
+        let NegReply {
+            sub_id,
+            generation,
+            outcome,
+        } = reply;
+        let Some(session) = self
+            .neg_sessions
+            .get_mut(&sub_id)
+            .filter(|s| s.generation == generation)
+        else {
+            return Ok(()); // closed or replaced meanwhile
+        };
+        match outcome {
+            NegOutcome::Ready { negentropy, answer } => {
+                session.phase = NegPhase::Open {
+                    negentropy,
+                    last_active: tokio::time::Instant::now(),
+                };
+                self.send_text(message::neg_msg(&sub_id, &answer)).await
+            }
+            NegOutcome::Refused {
+                reason,
+                max_records,
+            } => {
+                if reason.starts_with("error:") {
+                    tracing::warn!(peer = %self.peer, %reason, "negentropy session failed");
+                }
+                self.neg_sessions.remove(&sub_id);
+                self.send_text(message::neg_err(&sub_id, &reason, max_records))
+                    .await
+            }
+        }
+    }
+
+    async fn on_neg_msg(&mut self, sub_id: String, payload: Vec<u8>) -> Result<(), Exit> {
+        let Some(session) = self.neg_sessions.get_mut(&sub_id) else {
+            let reason = "closed: no negentropy session is open with this id";
+            return self
+                .send_text(message::neg_err(&sub_id, reason, None))
+                .await;
+        };
+        let generation = session.generation;
+        match std::mem::replace(&mut session.phase, NegPhase::Answering) {
+            NegPhase::Open { negentropy, .. } => {
+                self.spawn_neg_answer(sub_id, generation, negentropy, payload);
+                Ok(())
+            }
+            waiting => {
+                // The client spoke out of turn: the relay's answer is due.
+                session.phase = waiting;
+                self.neg_sessions.remove(&sub_id);
+                let reason = "invalid: NEG-MSG sent before the relay answered the previous message";
+                self.send_text(message::neg_err(&sub_id, reason, None))
+                    .await
+            }
+        }
+    }
+
+    /// Answers a NEG-MSG on a blocking thread; the session comes back as a
+    /// [`Reply::Neg`] (a stale one, for a session closed meanwhile, is
+    /// dropped by its generation).
+    fn spawn_neg_answer(
+        &self,
+        sub_id: String,
+        generation: u64,
+        mut negentropy: Box<Reconciler>,
+        payload: Vec<u8>,
+    ) {
+        let replies = self.replies.clone();
+        tokio::spawn(async move {
+            let outcome =
+                tokio::task::spawn_blocking(move || match reconcile(&mut negentropy, &payload) {
+                    Ok(answer) => NegOutcome::Ready { negentropy, answer },
+                    Err(reason) => NegOutcome::Refused {
+                        reason,
+                        max_records: None,
+                    },
+                })
+                .await
+                .unwrap_or_else(|_| NegOutcome::Refused {
+                    reason: "error: the negentropy message could not be processed".into(),
+                    max_records: None,
+                });
+            let reply = NegReply {
+                sub_id,
+                generation,
+                outcome,
+            };
+            let _ = replies.send(Reply::Neg(Box::new(reply))).await;
+        });
+    }
+
+    /// When the next open session falls idle, if any is open.
+    fn neg_idle_deadline(&self) -> Option<tokio::time::Instant> {
+        let idle = Duration::from_secs(self.shared.config.negentropy.idle_seconds);
+        self.neg_sessions
+            .values()
+            .filter_map(|s| match &s.phase {
+                NegPhase::Open { last_active, .. } => Some(*last_active + idle),
+                NegPhase::Loading { .. } | NegPhase::Answering => None,
+            })
+            .min()
+    }
+
+    /// Closes the sessions without a NEG-MSG for `negentropy.idle_seconds`.
+    async fn close_idle_neg_sessions(&mut self) -> Result<(), Exit> {
+        let seconds = self.shared.config.negentropy.idle_seconds;
+        let now = tokio::time::Instant::now();
+        let idle: Vec<String> = self
+            .neg_sessions
+            .iter()
+            .filter(|(_, s)| match &s.phase {
+                NegPhase::Open { last_active, .. } => {
+                    *last_active + Duration::from_secs(seconds) <= now
+                }
+                NegPhase::Loading { .. } | NegPhase::Answering => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sub_id in idle {
+            self.neg_sessions.remove(&sub_id);
+            let reason = format!("closed: no NEG-MSG for {seconds} seconds");
+            self.send_text(message::neg_err(&sub_id, &reason, None))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a session's storage from its records and answers the initial
+/// message. Runs on a blocking thread (the sort is O(n log n)).
+fn open_neg_session(
+    items: Vec<(u64, [u8; 32])>,
+    frame_size_limit: u64,
+    initial: &[u8],
+) -> NegOutcome {
+    let failed = |error: negentropy::Error| NegOutcome::Refused {
+        reason: format!("error: negentropy: {error}"),
+        max_records: None,
+    };
+    let mut storage = NegentropyStorageVector::with_capacity(items.len());
+    for (created_at, id) in items {
+        if let Err(error) = storage.insert(created_at, Id::from_byte_array(id)) {
+            return failed(error);
+        }
+    }
+    if let Err(error) = storage.seal() {
+        return failed(error);
+    }
+    let mut negentropy = match Negentropy::owned(storage, frame_size_limit) {
+        Ok(negentropy) => Box::new(negentropy),
+        Err(error) => return failed(error),
+    };
+    match reconcile(&mut negentropy, initial) {
+        Ok(answer) => NegOutcome::Ready { negentropy, answer },
+        Err(reason) => NegOutcome::Refused {
+            reason,
+            max_records: None,
+        },
+    }
+}
+
+/// The relay's answer to one negentropy message. The message comes from
+/// the network: a fault in it is the client's (`invalid:`), and should
+/// the library ever panic on one, that ends this session, not the task.
+fn reconcile(negentropy: &mut Reconciler, query: &[u8]) -> Result<Vec<u8>, String> {
+    let run = std::panic::AssertUnwindSafe(|| negentropy.reconcile(query));
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(format!("invalid: not a negentropy V1 message ({error})")),
+        Err(_) => Err("error: the negentropy message could not be processed".to_owned()),
+    }
+}
+
+/// NIP-50 `search` is answered by REQ alone (ranked stored events), and only
+/// when `[search] enabled`; COUNT and NEG-OPEN would otherwise ignore it and
+/// count or reconcile every event the rest of the filter matches.
+fn search_refusal(filters: &[Filter], verb: &str, config: &crate::Config) -> Option<String> {
+    if filters.iter().all(|f| f.search.is_none()) {
+        None
+    } else if verb != "REQ" {
+        Some(format!(
+            "unsupported: search (NIP-50) is not supported in {verb}"
+        ))
+    } else if !config.search.enabled {
+        Some("unsupported: search (NIP-50) is not enabled on this relay".to_owned())
+    } else {
+        None
+    }
+}
+
 /// The bounds on how much one REQ may ask of the database: each list of a
 /// filter, and the tag values of all its filters together. Each value is
 /// an index range the query reads, so these bound its cost up front (the
@@ -786,6 +1332,10 @@ impl Drop for Session {
     /// and the bytes it never wrote leave the relay-wide count.
     fn drop(&mut self) {
         self.unsubscribe_all();
+        // Counts nobody will read are not run (or stopped).
+        for (_, count) in self.counts.drain(..) {
+            count.abort();
+        }
         self.shared.counters.queued_bytes.sub(self.unflushed_bytes);
     }
 }

@@ -4,8 +4,8 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Config;
 
-/// NIPs this build always implements.
-pub const SUPPORTED_NIPS: &[u16] = &[1, 9, 11, 40];
+/// NIPs this build always implements (45: COUNT, on by default).
+pub const SUPPORTED_NIPS: &[u16] = &[1, 9, 11, 40, 45];
 
 /// The NIPs advertised with this configuration: the core ones, and each
 /// optional one that is switched on.
@@ -19,7 +19,13 @@ pub fn supported_nips(config: &Config) -> Vec<u16> {
         // by their parties (17, 59), protected events (70).
         nips.extend([17, 42, 59, 70]);
     }
+    if config.search.enabled {
+        nips.push(50);
+    }
     nips.push(62);
+    if config.negentropy.enabled {
+        nips.push(77);
+    }
     if config.management.enabled {
         nips.push(86);
     }

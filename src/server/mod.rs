@@ -110,6 +110,11 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             config.database.display()
         ))
     })?;
+    // NIP-50: the index holds the kinds relay.toml names (rebuilt if not).
+    store
+        .configure_search(config.search.indexed_kinds())
+        .await
+        .map_err(|e| StartError(format!("cannot prepare the search index: {e}")))?;
     let store = Arc::new(store);
     let access = AccessControl::open(&config).map_err(|e| {
         StartError(format!(

@@ -5,9 +5,12 @@
 //! gives back outcomes and stored JSON. See `ARCHITECTURE.md` for the schema.
 
 mod checkpoint;
+pub mod count;
 pub mod lists;
+pub mod negentropy;
 pub mod query;
 pub mod schema;
+pub mod search;
 mod sql;
 pub mod writer;
 
@@ -22,6 +25,7 @@ use tokio::sync::oneshot;
 use crate::config::Durability;
 use crate::nostr::{CanonicalEvent, Event, Filter};
 use crate::worker_pool::WorkerPool;
+pub use count::CountResult;
 pub use query::{QueryLimits, QueryResult};
 use writer::WriteJob;
 pub use writer::{CommitHook, Committed};
@@ -192,6 +196,54 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
     }
 
+    /// NIP-77: the `(created_at, id)` records `filter` gives this reader,
+    /// up to `cap` of them, within the query time budget.
+    pub async fn negentropy_items(
+        &self,
+        filter: Filter,
+        readers: Readers,
+        cap: usize,
+    ) -> Result<negentropy::NegItems, StoreError> {
+        let deadline = Instant::now() + self.query_timeout;
+        self.readers
+            .run(move |conn| {
+                negentropy::items_for(conn, &filter, &readers, unix_now(), deadline, cap)
+                    .map_err(StoreError::from)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Answers a COUNT's filters (NIP-45) within the query time budget,
+    /// with the HyperLogLog registers when `hll_offset` is given.
+    pub async fn count(
+        &self,
+        filters: Arc<[Filter]>,
+        readers: Readers,
+        hll_offset: Option<u8>,
+    ) -> Result<CountResult, StoreError> {
+        let deadline = Instant::now() + self.query_timeout;
+        self.readers
+            .run(move |conn| {
+                count::run(conn, &filters, &readers, hll_offset, unix_now(), deadline)
+                    .map_err(StoreError::from)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Makes the NIP-50 index hold exactly `kinds` (sorted; empty: search
+    /// off), rebuilding it on the writer thread when the database says
+    /// otherwise. Returns how many events were indexed, or None when the
+    /// index was already right.
+    pub async fn configure_search(&self, kinds: Vec<u16>) -> Result<Option<usize>, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer
+            .send(WriteJob::ConfigureSearch { kinds, reply })
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Deletes up to `batch` expired events; returns how many went.
     pub async fn purge_expired(&self, batch: usize) -> Result<usize, StoreError> {
         let (reply, outcome) = oneshot::channel();
@@ -256,6 +308,7 @@ pub fn open_connection(
         true,
     )?;
     rusqlite::vtab::array::load_module(&conn)?;
+    count::register_functions(&conn)?;
     Ok(conn)
 }
 

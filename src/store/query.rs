@@ -62,13 +62,13 @@ enum RangeKey {
 /// Which filter fields the ranges already guarantee; the rest become SQL
 /// conditions on the row.
 #[derive(Debug, Default, Clone, Copy)]
-struct Covered {
-    ids: bool,
-    authors: bool,
-    kinds: bool,
+pub(super) struct Covered {
+    pub(super) ids: bool,
+    pub(super) authors: bool,
+    pub(super) kinds: bool,
     /// Index into the filter's tag conditions (a filter may hold two
     /// conditions on one letter: see `privacy`).
-    tag: Option<usize>,
+    pub(super) tag: Option<usize>,
 }
 
 /// Splits a filter into ranges, choosing the most selective index.
@@ -117,7 +117,7 @@ fn plan(conn: &Connection, filter: &Filter) -> rusqlite::Result<(Vec<RangeKey>, 
 }
 
 /// `kinds` less the sorted `excluded` ones.
-fn without(mut kinds: Vec<u16>, excluded: &[u16]) -> Vec<u16> {
+pub(super) fn without(mut kinds: Vec<u16>, excluded: &[u16]) -> Vec<u16> {
     kinds.retain(|k| excluded.binary_search(k).is_err());
     kinds
 }
@@ -141,7 +141,7 @@ fn kinds_of_author(conn: &Connection, author: &[u8; 32]) -> rusqlite::Result<Vec
 
 /// The distinct kinds in the store, by the same skip-scan over
 /// `event_kind_time`: a filter on time alone becomes one range per kind.
-fn stored_kinds(conn: &Connection) -> rusqlite::Result<Vec<u16>> {
+pub(super) fn stored_kinds(conn: &Connection) -> rusqlite::Result<Vec<u16>> {
     let mut stmt = conn.prepare_cached(
         "WITH RECURSIVE k(kind) AS (
              SELECT (SELECT kind FROM event INDEXED BY event_kind_time ORDER BY kind LIMIT 1)
@@ -155,13 +155,20 @@ fn stored_kinds(conn: &Connection) -> rusqlite::Result<Vec<u16>> {
 }
 
 /// SQL text plus its parameters, numbered as they are pushed.
-struct Sql {
-    text: String,
-    params: Vec<Box<dyn ToSql>>,
+pub(super) struct Sql {
+    pub(super) text: String,
+    pub(super) params: Vec<Box<dyn ToSql>>,
 }
 
 impl Sql {
-    fn param(&mut self, value: impl ToSql + 'static) -> String {
+    pub(super) fn new() -> Sql {
+        Sql {
+            text: String::new(),
+            params: Vec::new(),
+        }
+    }
+
+    pub(super) fn param(&mut self, value: impl ToSql + 'static) -> String {
         self.params.push(Box::new(value));
         format!("?{}", self.params.len())
     }
@@ -182,10 +189,7 @@ fn range_sql_selecting(
     now: i64,
     extra: &str,
 ) -> Sql {
-    let mut sql = Sql {
-        text: String::new(),
-        params: Vec::new(),
-    };
+    let mut sql = Sql::new();
     // A tag range reads only the tag table: its rows carry kind, created_at,
     // the event's seq and expires_at. Every other range reads one index of
     // `event`, covering (each ends in expires_at; seq is the rowid).
@@ -223,6 +227,28 @@ fn range_sql_selecting(
             conditions.push(format!("t.value = {}", sql.param(tag_value(value))));
         }
     }
+    conditions.extend(residual_conditions(
+        &mut sql, filter, covered, now, row, seq,
+    ));
+    sql.text.push_str(&conditions.join(" AND "));
+    let limit = sql.param(0i64);
+    sql.text
+        .push_str(&format!(" ORDER BY {row}.created_at DESC LIMIT {limit}"));
+    sql
+}
+
+/// The conditions a range adds to its index key: the filter's fields the
+/// key does not cover (on `row`, an `event` or `tag` alias whose event
+/// number is the column `seq`), expiry, and the time bounds, pushed last.
+pub(super) fn residual_conditions(
+    sql: &mut Sql,
+    filter: &Filter,
+    covered: Covered,
+    now: i64,
+    row: &str,
+    seq: &str,
+) -> Vec<String> {
+    let mut conditions = Vec::new();
     // Authors are never residual in a tag range: a filter with authors is
     // driven by them.
     if let Some(authors) = filter.authors.as_ref().filter(|_| !covered.authors) {
@@ -273,18 +299,14 @@ fn range_sql_selecting(
     let since = sql.param(filter.since.unwrap_or(0));
     let until = sql.param(filter.until.unwrap_or(i64::MAX));
     conditions.push(format!("{row}.created_at BETWEEN {since} AND {until}"));
-    sql.text.push_str(&conditions.join(" AND "));
-    let limit = sql.param(0i64);
-    sql.text
-        .push_str(&format!(" ORDER BY {row}.created_at DESC LIMIT {limit}"));
-    sql
+    conditions
 }
 
 /// A row found by a range: enough to merge and cut before loading JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Candidate {
-    created_at: i64,
-    seq: i64,
+pub(super) struct Candidate {
+    pub(super) created_at: i64,
+    pub(super) seq: i64,
 }
 
 /// Reads one range, newest first, with every row tied with the last one.
@@ -455,11 +477,25 @@ fn run_in_snapshot(
         |row| row.get(0),
     )?;
     let mut per_filter = Vec::with_capacity(filters.len());
+    // NIP-50: each search filter's events, best first (store/search.rs).
+    let mut ranked: Vec<Vec<Candidate>> = Vec::new();
     for filter in filters {
         let limit = limits.effective(filter);
         if limit == 0 || filter.is_unsatisfiable() {
             continue;
         }
+        let unranked;
+        let filter = match super::search::answer(&tx, filter, readers, limit, now)? {
+            super::search::Answer::NotSearch => filter,
+            super::search::Answer::Ranked(found) => {
+                ranked.push(found);
+                continue;
+            }
+            super::search::Answer::Unranked(plain) => {
+                unranked = plain;
+                &unranked
+            }
+        };
         // What this reader may see of the filter, as one or more filters
         // whose union is cut to the filter's limit below.
         let mut candidates: HashSet<Candidate> = HashSet::new();
@@ -473,7 +509,11 @@ fn run_in_snapshot(
     let mut rows: HashMap<i64, (Vec<u8>, String)> = HashMap::new();
     {
         let mut load = tx.prepare_cached("SELECT id, json FROM event WHERE seq = ?1")?;
-        for candidate in per_filter.iter().flat_map(|(_, c)| c) {
+        for candidate in per_filter
+            .iter()
+            .flat_map(|(_, c)| c)
+            .chain(ranked.iter().flatten())
+        {
             if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry(candidate.seq) {
                 let row = load
                     .query_row([candidate.seq], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -501,14 +541,51 @@ fn run_in_snapshot(
     }
     let mut chosen: Vec<Candidate> = chosen.into_iter().collect();
     chosen.sort_unstable_by(order);
-    let events = chosen
+    // Search results first, each filter's best first, then the others
+    // newest first; an event two filters found is sent once, at its first
+    // place.
+    let mut sent: HashSet<i64> = HashSet::new();
+    let events = ranked
         .iter()
+        .flatten()
+        .chain(&chosen)
+        .filter(|c| sent.insert(c.seq))
         .filter_map(|c| rows.get(&c.seq).map(|(_, json)| json.clone()))
         .collect();
     Ok(QueryResult {
         events,
         snapshot: u64::try_from(snapshot).unwrap_or(0),
     })
+}
+
+/// Every row `filter` matches, as `(seq, created_at)`, read range by range
+/// through the same plan as a REQ but without a limit (`limit` is not
+/// read): NIP-77 reconciles a filter's whole set. `visit` returns false to
+/// stop. A row can be visited twice (an event with two of a tag's values),
+/// so callers dedup by seq.
+pub(crate) fn each_match(
+    conn: &Connection,
+    filter: &Filter,
+    now: i64,
+    mut visit: impl FnMut(i64, i64) -> bool,
+) -> rusqlite::Result<()> {
+    if filter.is_unsatisfiable() {
+        return Ok(());
+    }
+    let (ranges, covered) = plan(conn, filter)?;
+    for key in &ranges {
+        let mut sql = range_sql(key, filter, covered, now);
+        let count = sql.params.len();
+        sql.params[count - 1] = Box::new(-1i64); // LIMIT -1: no limit
+        let mut stmt = conn.prepare_cached(&sql.text)?;
+        let mut rows = stmt.query(params_from_iter(sql.params.iter()))?;
+        while let Some(row) = rows.next()? {
+            if !visit(row.get(0)?, row.get(1)?) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `EXPLAIN QUERY PLAN` of every range statement a filter would run, for

@@ -141,24 +141,78 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX event_created_id ON event(created_at, id);
     "#,
-    // 4: `nostr-relayd sync`: where each remote and filter was left, and
-    // the ids this relay refused from a remote (stale replaceable versions,
-    // deleted, vanished), so they are not offered again as differences.
+    // 4: `nostr-relayd sync` (src/sync/): where each remote, filter and
+    // direction was left, and the ids refused in either direction, so that
+    // they are not offered again as differences on every run.
     r#"
     CREATE TABLE sync_checkpoint (
-        remote     TEXT    NOT NULL,
-        filter     TEXT    NOT NULL,
-        -- Newest created_at fully reconciled (REQ fallback walks below it).
-        until      INTEGER,
-        updated_at INTEGER NOT NULL,
-        PRIMARY KEY (remote, filter)
+        remote         TEXT    NOT NULL,  -- normalized URL
+        filter         TEXT    NOT NULL,  -- canonical filter JSON
+        direction      TEXT    NOT NULL,  -- 'down' or 'up'
+        method         TEXT    NOT NULL,  -- 'negentropy' or 'req', of the last run
+        -- down: every remote event with created_at at or below it was
+        -- reconciled (a REQ walk later stops an overlap below it).
+        synced_through INTEGER,
+        -- up: every local event with seq at or below it was offered.
+        local_seq      INTEGER,
+        -- A REQ walk in progress: its top (down: created_at; up: the newest
+        -- seq when it began) and how far down it got (created_at: every
+        -- event newer than the cursor is done).
+        walk_top       INTEGER,
+        walk_cursor    INTEGER,
+        updated_at     INTEGER NOT NULL,
+        PRIMARY KEY (remote, filter, direction)
     ) WITHOUT ROWID;
     CREATE TABLE sync_refused (
-        remote TEXT NOT NULL,
-        id     BLOB NOT NULL,
-        reason TEXT NOT NULL,
+        remote     TEXT    NOT NULL,
+        id         BLOB    NOT NULL,
+        -- 'down': this relay refused it from the remote (superseded,
+        -- deleted, vanished, invalid, banned); 'up': the remote refused it.
+        direction  TEXT    NOT NULL,
+        -- What the negentropy set and a filter's since/until/authors/kinds
+        -- need to know of an event this relay does not keep (pubkey and
+        -- kind are NULL for one removed here after it was stored).
+        created_at INTEGER NOT NULL,
+        pubkey     BLOB,
+        kind       INTEGER,
+        reason     TEXT    NOT NULL,
+        refused_at INTEGER NOT NULL,
         PRIMARY KEY (remote, id)
     ) WITHOUT ROWID;
+    "#,
+    // 5: NIP-50 search (store/search.rs). A contentless FTS5 index whose
+    // rowid is the event's seq: the text lives in `event.json` already, and
+    // contentless_delete lets the writer remove a row by seq alone. One
+    // column: the content, or for kind 0 the profile's name, display_name,
+    // about and nip05 (never its other keys). `search_kind` records which
+    // kinds the index holds; the relay rebuilds it at start when
+    // relay.toml's [search] says otherwise. Built here for the default
+    // kinds; the profile expression is search.rs's PROFILE_TEXT.
+    r#"
+    CREATE VIRTUAL TABLE event_search USING fts5(
+        text,
+        content = '',
+        contentless_delete = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TABLE search_kind (kind INTEGER PRIMARY KEY);
+    INSERT INTO search_kind (kind) VALUES (0), (1), (30023);
+    INSERT INTO event_search (rowid, text)
+    SELECT seq, text FROM (
+        SELECT seq,
+               CASE WHEN kind = 0 THEN
+                   CASE WHEN json_valid(c) THEN CASE WHEN json_type(c) = 'object' THEN
+                       concat_ws(char(10),
+                           CASE WHEN json_type(c, '$.name') = 'text' THEN json_extract(c, '$.name') END,
+                           CASE WHEN json_type(c, '$.display_name') = 'text' THEN json_extract(c, '$.display_name') END,
+                           CASE WHEN json_type(c, '$.about') = 'text' THEN json_extract(c, '$.about') END,
+                           CASE WHEN json_type(c, '$.nip05') = 'text' THEN json_extract(c, '$.nip05') END)
+                   END END
+               ELSE c END AS text
+        FROM (SELECT seq, kind, json_extract(json, '$.content') AS c
+              FROM event WHERE kind IN (0, 1, 30023))
+    )
+    WHERE text != '';
     "#,
 ];
 

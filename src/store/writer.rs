@@ -42,6 +42,11 @@ pub enum WriteJob {
         batch: usize,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Makes the NIP-50 index hold exactly these kinds (`search::configure`).
+    ConfigureSearch {
+        kinds: Vec<u16>,
+        reply: oneshot::Sender<Result<Option<usize>, StoreError>>,
+    },
     /// Finish what is queued before this job, then stop.
     Stop,
 }
@@ -71,6 +76,10 @@ pub fn run(
                 WriteJob::Insert { event, reply } => inserts.push((event, reply)),
                 WriteJob::PurgeExpired { now, batch, reply } => {
                     let _ = reply.send(purge_expired(&mut conn, now, batch));
+                }
+                WriteJob::ConfigureSearch { kinds, reply } => {
+                    let outcome = super::search::configure(&mut conn, &kinds);
+                    let _ = reply.send(outcome.map_err(StoreError::from));
                 }
                 WriteJob::Stop => stopping = true,
             }
@@ -157,9 +166,10 @@ fn apply_together(
     inserts: &[Insert],
 ) -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let searchable = super::search::indexed_kinds(&tx)?;
     let mut outcomes = Vec::with_capacity(inserts.len());
     for (event, _) in inserts {
-        outcomes.push(Ok(apply_event(&tx, event)?));
+        outcomes.push(Ok(apply_event(&tx, event, &searchable)?));
     }
     tx.commit()?;
     Ok(outcomes)
@@ -174,10 +184,11 @@ fn apply_one_by_one(
     inserts: &[Insert],
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let searchable = super::search::indexed_kinds(&tx)?;
     let mut outcomes = Vec::with_capacity(inserts.len());
     for (event, _) in inserts {
         let mut savepoint = tx.savepoint()?;
-        match apply_event(&savepoint, event) {
+        match apply_event(&savepoint, event, &searchable) {
             Ok(outcome) => {
                 savepoint.commit()?;
                 outcomes.push(Ok(outcome));
@@ -199,7 +210,13 @@ fn apply_one_by_one(
 }
 
 /// NIP-01 and NIP-09 rules for one event, inside the writer's transaction.
-fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<WriteOutcome> {
+/// `searchable`: the kinds the NIP-50 index holds (sorted), read once per
+/// transaction.
+fn apply_event(
+    tx: &Connection,
+    canonical: &CanonicalEvent,
+    searchable: &[u16],
+) -> rusqlite::Result<WriteOutcome> {
     let event = &canonical.event;
     // No separate duplicate probe: the insert below meets the unique id
     // index anyway, and reports a duplicate by changing nothing.
@@ -267,6 +284,9 @@ fn apply_event(tx: &Connection, canonical: &CanonicalEvent) -> rusqlite::Result<
             event.kind,
             expires_at
         ])?;
+    }
+    if searchable.binary_search(&event.kind).is_ok() {
+        super::search::index_event(tx, seq, event)?;
     }
     if event.kind == kind::DELETION {
         apply_deletion(tx, event)?;
@@ -377,8 +397,9 @@ fn apply_vanish(tx: &Connection, request: &Event, request_seq: i64) -> rusqlite:
     Ok(())
 }
 
-/// Deletes an event and its tag rows. The tag table has no index by event,
-/// so its rows are found by their full key, recomputed from the stored tags.
+/// Deletes an event, its tag rows and its NIP-50 index entry. The tag table
+/// has no index by event, so its rows are found by their full key,
+/// recomputed from the stored tags.
 pub(super) fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> {
     let json: Option<String> = conn
         .prepare_cached("SELECT json FROM event WHERE seq = ?1")?
@@ -398,7 +419,7 @@ pub(super) fn delete_event(conn: &Connection, seq: i64) -> rusqlite::Result<()> 
     }
     conn.prepare_cached("DELETE FROM event WHERE seq = ?1")?
         .execute(params![seq])?;
-    Ok(())
+    super::search::unindex(conn, seq)
 }
 
 fn purge_expired(conn: &mut Connection, now: i64, batch: usize) -> Result<usize, StoreError> {

@@ -349,6 +349,20 @@ impl Client {
         answer[2].as_str().unwrap().to_owned()
     }
 
+    /// Sends a COUNT (NIP-45) and returns its answer, `["COUNT", sub, {…}]`
+    /// or `["CLOSED", sub, reason]`, skipping messages for other ids.
+    pub async fn count(&mut self, sub: &str, filters: Vec<Value>) -> Value {
+        let mut message = vec![json!("COUNT"), json!(sub)];
+        message.extend(filters);
+        self.send_json(Value::Array(message)).await;
+        loop {
+            let answer = self.recv().await;
+            if (answer[0] == "COUNT" || answer[0] == "CLOSED") && answer[1] == sub {
+                return answer;
+            }
+        }
+    }
+
     /// The next message must be a NOTICE; returns its text.
     pub async fn expect_notice(&mut self) -> String {
         let answer = self.recv().await;

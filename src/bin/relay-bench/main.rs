@@ -1,12 +1,18 @@
 //! `relay-bench`: a load generator for any NIP-01 relay (this one,
 //! strfry, nostr-rs-relay, …). It speaks only standard NIP-01 over
-//! WebSocket and measures four things:
+//! WebSocket (but for the NIP-45, NIP-50 and NIP-77 scenarios) and measures:
 //!
 //! * `ingest`: EVENT → OK throughput and latency from many connections;
 //! * `query`: REQ → EOSE rate and latency for the filter shapes clients use;
 //! * `fanout`: publish → live delivery latency to many subscribers, and that
 //!   every subscriber got exactly the events its filters match;
-//! * `connections`: memory per idle subscribed connection (with `--pid`).
+//! * `search`: NIP-50 search → EOSE latency and hits for word and phrase
+//!   searches (the relay must support NIP-50);
+//! * `connections`: memory per idle subscribed connection (with `--pid`);
+//! * `count`: NIP-45 COUNT latency of follower and reaction counts (the
+//!   relay must support NIP-45);
+//! * `neg`: NIP-77 negentropy sync against a full download of the same set
+//!   (the one scenario beyond NIP-01: the relay must support NIP-77).
 //!
 //! Events come from the crate's deterministic corpus (`--seed`, `--authors`,
 //! `--now`) and are signed before any clock starts, so the client's signing
@@ -16,9 +22,12 @@
 
 mod client;
 mod connections;
+mod count;
 mod fanout;
 mod ingest;
+mod neg;
 mod query;
+mod search;
 mod stats;
 
 use std::process::ExitCode;
@@ -108,6 +117,12 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Open N idle subscribed connections; relay memory per connection with --pid.
     Connections(connections::ConnectionsArgs),
+    /// NIP-50 search latency and hits for word and phrase searches against an ingested corpus.
+    Search(search::SearchArgs),
+    /// NIP-45 COUNT latency of follower and reaction counts on popular targets, checked.
+    Count(count::CountArgs),
+    /// NIP-77 sync of the stored set with a small difference, against downloading it all by REQ.
+    Neg(neg::NegArgs),
 }
 
 /// What a scenario found.
@@ -158,6 +173,9 @@ fn main() -> ExitCode {
             Scenario::Query(args) => query::run(&common, args).await,
             Scenario::Fanout(args) => fanout::run(&common, args).await,
             Scenario::Connections(args) => connections::run(&common, args).await,
+            Scenario::Search(args) => search::run(&common, args).await,
+            Scenario::Count(args) => count::run(&common, args).await,
+            Scenario::Neg(args) => neg::run(&common, args).await,
         }
     });
     // Tasks still blocked on a dead socket must not hold the exit.
