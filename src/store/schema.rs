@@ -182,24 +182,26 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 5: NIP-50 search (store/search.rs). A contentless FTS5 index whose
     // rowid is the event's seq: the text lives in `event.json` already, and
-    // contentless_delete lets the writer remove a row by seq alone. One
-    // column: the content, or for kind 0 the profile's name, display_name,
-    // about and nip05 (never its other keys). `search_kind` records which
-    // kinds the index holds; the relay rebuilds it at start when
-    // relay.toml's [search] says otherwise. Built here for the default
-    // kinds; the profile expression is search.rs's PROFILE_TEXT.
+    // contentless_delete lets the writer remove a row by seq alone. `text`:
+    // the content, or for kind 0 the profile's name, display_name, about and
+    // nip05 (never its other keys); `kind` and `author` (hex): one token
+    // each, so that a search's kinds and authors are index look-ups too
+    // (store/search.rs). `search_kind` records which kinds the index holds;
+    // the relay rebuilds it at start when relay.toml's [search] says
+    // otherwise. Built here for the default kinds; the profile expression
+    // is search.rs's PROFILE_TEXT.
     r#"
     CREATE VIRTUAL TABLE event_search USING fts5(
-        text,
+        text, kind, author,
         content = '',
         contentless_delete = 1,
         tokenize = 'unicode61 remove_diacritics 2'
     );
     CREATE TABLE search_kind (kind INTEGER PRIMARY KEY);
     INSERT INTO search_kind (kind) VALUES (0), (1), (30023);
-    INSERT INTO event_search (rowid, text)
-    SELECT seq, text FROM (
-        SELECT seq,
+    INSERT INTO event_search (rowid, text, kind, author)
+    SELECT seq, text, kind, lower(hex(pubkey)) FROM (
+        SELECT seq, kind, pubkey,
                CASE WHEN kind = 0 THEN
                    CASE WHEN json_valid(c) THEN CASE WHEN json_type(c) = 'object' THEN
                        concat_ws(char(10),
@@ -209,7 +211,7 @@ const MIGRATIONS: &[&str] = &[
                            CASE WHEN json_type(c, '$.nip05') = 'text' THEN json_extract(c, '$.nip05') END)
                    END END
                ELSE c END AS text
-        FROM (SELECT seq, kind, json_extract(json, '$.content') AS c
+        FROM (SELECT seq, kind, pubkey, json_extract(json, '$.content') AS c
               FROM event WHERE kind IN (0, 1, 30023))
     )
     WHERE text != '';

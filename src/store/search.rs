@@ -7,11 +7,20 @@
 //! `search_kind` records which kinds the index holds; [`configure`]
 //! rebuilds the index at start when relay.toml asks for other kinds.
 //!
+//! Besides the text, each row carries its event's kind and author (hex) as
+//! one token each, in columns of their own: a filter's `kinds` and
+//! `authors` become part of the MATCH (`kind : (…) AND author : (…)`), so
+//! FTS5 intersects posting lists instead of the join testing every match.
+//! A profile search (`kinds: [0]`) for a word in most notes reads the
+//! thousand profiles that have it, not the half million notes.
+//!
 //! A user's query never reaches FTS5's query syntax: it is split into words
 //! and quoted phrases, `key:value` extensions are dropped (NIP-50: ignore
 //! unsupported ones), and each remaining term becomes an FTS5 string
 //! literal, so `*`, `NEAR`, `AND`, `OR`, `NOT`, `-`, `^`, `:` and
-//! parentheses are just text. The terms are ANDed.
+//! parentheses are just text. The terms are ANDed, and confined to the
+//! text column (`text : (…)`): a search for "1" must not find every note
+//! by its kind.
 //!
 //! Ranking is FTS5's bm25 among the newest [`WINDOW`] events that match
 //! the text and every other condition of the filter: exact for all but
@@ -135,18 +144,21 @@ pub fn indexed_kinds(conn: &Connection) -> rusqlite::Result<Vec<u16>> {
 /// Adds a just-stored event to the index (the writer calls this only for
 /// indexed kinds). Empty text adds nothing.
 pub(super) fn index_event(tx: &Connection, seq: i64, event: &Event) -> rusqlite::Result<()> {
+    let author = hex::encode(event.pubkey);
     if event.kind == 0 {
         static PROFILE: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "INSERT INTO event_search (rowid, text) SELECT ?1, t FROM \
+                "INSERT INTO event_search (rowid, text, kind, author) SELECT ?1, t, 0, ?3 FROM \
                  (SELECT {PROFILE_TEXT} AS t FROM (SELECT ?2 AS c)) WHERE t != ''"
             )
         });
         tx.prepare_cached(&PROFILE)?
-            .execute(params![seq, event.content])?;
+            .execute(params![seq, event.content, author])?;
     } else if !event.content.is_empty() {
-        tx.prepare_cached("INSERT INTO event_search (rowid, text) VALUES (?1, ?2)")?
-            .execute(params![seq, event.content])?;
+        tx.prepare_cached(
+            "INSERT INTO event_search (rowid, text, kind, author) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![seq, event.content, event.kind, author])?;
     }
     Ok(())
 }
@@ -184,9 +196,11 @@ pub fn configure(conn: &mut Connection, kinds: &[u16]) -> rusqlite::Result<Optio
         .collect();
     let indexed = tx.execute(
         &format!(
-            "INSERT INTO event_search (rowid, text) SELECT seq, text FROM (
-                 SELECT seq, CASE WHEN kind = 0 THEN {PROFILE_TEXT} ELSE c END AS text
-                 FROM (SELECT seq, kind, json_extract(json, '$.content') AS c
+            "INSERT INTO event_search (rowid, text, kind, author)
+             SELECT seq, text, kind, lower(hex(pubkey)) FROM (
+                 SELECT seq, kind, pubkey,
+                        CASE WHEN kind = 0 THEN {PROFILE_TEXT} ELSE c END AS text
+                 FROM (SELECT seq, kind, pubkey, json_extract(json, '$.content') AS c
                        FROM event WHERE kind IN rarray(?1)))
              WHERE text != ''"
         ),
@@ -216,8 +230,8 @@ pub(super) enum Answer {
 /// Answers a filter with `search`, inside the REQ's read transaction. Each
 /// part of the privacy split (`Readers::restrict`) is searched with every
 /// other condition of the filter; their matches are merged by score (the
-/// same MATCH expression over the same snapshot scores alike) and cut to
-/// `limit`.
+/// same terms over the same snapshot score alike: the kind and author
+/// tokens that differ between parts weigh nothing) and cut to `limit`.
 pub(super) fn answer(
     conn: &Connection,
     filter: &Filter,
@@ -229,13 +243,13 @@ pub(super) fn answer(
         return Ok(Answer::NotSearch);
     };
     let indexed = indexed_kinds(conn)?;
-    let kinds = match &filter.kinds {
+    let kinds: Vec<u16> = match &filter.kinds {
         Some(kinds) => kinds
             .iter()
             .copied()
             .filter(|k| indexed.binary_search(k).is_ok())
             .collect(),
-        None => indexed,
+        None => indexed.clone(),
     };
     if kinds.is_empty() {
         return Ok(Answer::Ranked(Vec::new())); // no indexed kind asked for
@@ -260,6 +274,7 @@ pub(super) fn answer(
         if part.is_unsatisfiable() {
             continue;
         }
+        let expression = part_expression(&expression, &part, &indexed);
         for (candidate, score) in search_part(conn, &part, &expression, limit, now)? {
             found.insert(candidate.seq, (candidate, score));
         }
@@ -275,9 +290,31 @@ pub(super) fn answer(
     Ok(Answer::Ranked(found.into_iter().map(|(c, _)| c).collect()))
 }
 
+/// The MATCH expression of one part of a search: the user's terms in the
+/// text column, and the part's kinds (unless they are every indexed kind)
+/// and authors as tokens of their columns. The SQL conditions check them
+/// again; these let FTS5 skip what they exclude.
+fn part_expression(terms: &str, part: &Filter, indexed: &[u16]) -> String {
+    let any = |values: Vec<String>| -> String {
+        let quoted: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
+        quoted.join(" OR ")
+    };
+    let mut expression = format!("text : ({terms})");
+    if let Some(kinds) = part.kinds.as_ref().filter(|k| k.as_slice() != indexed) {
+        let kinds = any(kinds.iter().map(u16::to_string).collect());
+        expression.push_str(&format!(" AND kind : ({kinds})"));
+    }
+    if let Some(authors) = &part.authors {
+        let authors = any(authors.iter().map(hex::encode).collect());
+        expression.push_str(&format!(" AND author : ({authors})"));
+    }
+    expression
+}
+
 /// The statement searching one filter: the newest `WINDOW` events that
 /// match `expression` and every field of `filter`, with their bm25 score
-/// (lower is better). Parameters: the expression first, the window last.
+/// over the text column (lower is better). Parameters: the expression
+/// first, the window last.
 fn search_sql(filter: &Filter, now: i64) -> Sql {
     let mut sql = Sql::new();
     let expression = sql.param(String::new());
@@ -296,7 +333,7 @@ fn search_sql(filter: &Filter, now: i64) -> Sql {
     ));
     let window = sql.param(0i64);
     sql.text = format!(
-        "SELECT e.seq, e.created_at, bm25(event_search) FROM event_search \
+        "SELECT e.seq, e.created_at, bm25(event_search, 1.0, 0.0, 0.0) FROM event_search \
          JOIN event e ON e.seq = event_search.rowid WHERE {} \
          ORDER BY event_search.rowid DESC LIMIT {window}",
         conditions.join(" AND ")
@@ -429,20 +466,21 @@ mod tests {
     fn index() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "CREATE VIRTUAL TABLE event_search USING fts5(text, content = '', \
+            "CREATE VIRTUAL TABLE event_search USING fts5(text, kind, author, content = '', \
              contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');",
         )
         .unwrap();
-        for (rowid, text) in [
-            (1, "apple banana"),
-            (2, "near apple and banana"),
-            (3, "apple or banana"),
-            (4, "Ünïcödé café"),
-            (5, "apple pie"),
+        for (rowid, text, kind) in [
+            (1, "apple banana", 1),
+            (2, "near apple and banana", 1),
+            (3, "apple or banana", 0),
+            (4, "Ünïcödé café", 1),
+            (5, "apple pie", 30023),
+            (6, "the number 30023", 1),
         ] {
             conn.execute(
-                "INSERT INTO event_search (rowid, text) VALUES (?1, ?2)",
-                params![rowid, text],
+                "INSERT INTO event_search (rowid, text, kind, author) VALUES (?1, ?2, ?3, ?4)",
+                params![rowid, text, kind, hex::encode([rowid as u8; 32])],
             )
             .unwrap();
         }
@@ -450,9 +488,15 @@ mod tests {
     }
 
     fn search(conn: &Connection, query: &str) -> rusqlite::Result<Vec<i64>> {
-        let SearchQuery::Match(expression) = parse_query(query) else {
+        search_in(conn, query, &Filter::default())
+    }
+
+    /// What the index finds for `query` in the kinds and authors of `part`.
+    fn search_in(conn: &Connection, query: &str, part: &Filter) -> rusqlite::Result<Vec<i64>> {
+        let SearchQuery::Match(terms) = parse_query(query) else {
             return Ok(Vec::new());
         };
+        let expression = part_expression(&terms, part, &[0, 1, 30023]);
         let mut rows: Vec<i64> = conn
             .prepare("SELECT rowid FROM event_search WHERE event_search MATCH ?1")?
             .query_map([expression], |row| row.get(0))?
@@ -475,6 +519,12 @@ mod tests {
         assert_eq!(search(&conn, "\"apple banana\"").unwrap(), vec![1]);
         assert_eq!(search(&conn, "text:apple pie").unwrap(), vec![5]);
         assert_eq!(search(&conn, "unicode CAFE").unwrap(), vec![4]);
+        // The kind and author columns are not searched as text.
+        assert_eq!(search(&conn, "30023").unwrap(), vec![6]);
+        assert_eq!(
+            search(&conn, &hex::encode([5u8; 32])).unwrap(),
+            Vec::<i64>::new()
+        );
         // Raw, the same strings are FTS5 syntax (or errors): the test above
         // would fail without the translation.
         let raw = |q: &str| -> rusqlite::Result<Vec<i64>> {
@@ -511,6 +561,51 @@ mod tests {
             let text = words.concat();
             prop_assert!(search(&conn, &text).is_ok(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn kinds_and_authors_restrict_the_match() {
+        let conn = index();
+        let part = |filter: serde_json::Value| Filter::from_value(&filter).unwrap();
+        assert_eq!(
+            search_in(&conn, "apple", &part(json!({"kinds": [1]}))).unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            search_in(&conn, "apple", &part(json!({"kinds": [0, 30023]}))).unwrap(),
+            vec![3, 5]
+        );
+        // Every indexed kind: no kind term at all.
+        assert_eq!(
+            part_expression(
+                "\"a\"",
+                &part(json!({"kinds": [0, 1, 30023]})),
+                &[0, 1, 30023]
+            ),
+            "text : (\"a\")"
+        );
+        let authors = json!({"authors": [hex::encode([2u8; 32]), hex::encode([5u8; 32])]});
+        assert_eq!(
+            search_in(&conn, "apple", &part(authors.clone())).unwrap(),
+            vec![2, 5]
+        );
+        let both =
+            json!({"authors": [hex::encode([2u8; 32]), hex::encode([5u8; 32])], "kinds": [30023]});
+        assert_eq!(search_in(&conn, "apple", &part(both)).unwrap(), vec![5]);
+        // A thousand authors (limits.max_filter_values) parse.
+        let many = Filter {
+            authors: Some(
+                (0..1000u32)
+                    .map(|i| {
+                        let mut key = [0u8; 32];
+                        key[..4].copy_from_slice(&i.to_be_bytes());
+                        key
+                    })
+                    .collect(),
+            ),
+            ..Filter::default()
+        };
+        assert!(search_in(&conn, "apple", &many).is_ok());
     }
 
     #[test]
@@ -593,7 +688,7 @@ mod tests {
             let json = serde_json::to_string(&json!({"content": content})).unwrap();
             conn.execute(
                 "INSERT INTO event (seq, id, pubkey, created_at, kind, json) VALUES (?1, ?2, ?3, 1, ?4, ?5)",
-                params![seq as i64 + 1, event.id.to_vec(), vec![0u8; 32], kind, json],
+                params![seq as i64 + 1, event.id.to_vec(), event.pubkey.to_vec(), kind, json],
             )
             .unwrap();
             if indexed_kinds(&conn).unwrap().binary_search(kind).is_ok() {

@@ -1,9 +1,10 @@
 //! `search`: NIP-50 REQ → EOSE latency, C connections each keeping one
 //! search outstanding (REQ → EOSE → CLOSE → next) for a fixed time, cycling
 //! through word and phrase searches over the corpus vocabulary, each with
-//! `limit` (default 50). Run it against a relay filled by `ingest`; it needs
-//! only the same `--seed` and `--authors` (for the one author-restricted
-//! search). A relay without NIP-50 answers CLOSED, counted as errors.
+//! `limit` (default 50). Run it against a relay filled by `ingest` with the
+//! same `--seed`, `--authors` (for the author and profile searches) and
+//! `--now` (for the `until` one). A relay without NIP-50 answers CLOSED,
+//! counted as errors.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,7 @@ pub struct SearchArgs {
 /// corpus draws its notes from a 42-word vocabulary, so a single word is
 /// in nearly every note (the worst case for ranking); phrases and the
 /// non-Latin "spice" are rarer.
-fn shapes(author: &str, name: &str) -> Vec<(&'static str, Value)> {
+fn shapes(author: &str, name: &str, old: i64) -> Vec<(&'static str, Value)> {
     vec![
         ("word", json!({"search": "coffee"})),
         ("word+kinds", json!({"search": "sunset", "kinds": [1]})),
@@ -45,6 +46,9 @@ fn shapes(author: &str, name: &str) -> Vec<(&'static str, Value)> {
         ("profile about", json!({"search": "nostr", "kinds": [0]})),
         ("profile name", json!({"search": name, "kinds": [0]})),
         ("word+author", json!({"search": "zap", "authors": [author]})),
+        // The worst case: the text matches most notes, the other fields few
+        // of them, and only the join can tell.
+        ("word+old until", json!({"search": "coffee", "until": old})),
         ("no match", json!({"search": "xylophone"})),
     ]
 }
@@ -64,12 +68,14 @@ struct ConnResult {
 }
 
 pub async fn run(common: &Common, args: &SearchArgs) -> Result<Report, String> {
-    let corpus = Corpus::new(common.seed, common.authors, 0);
+    let now = common.corpus_now();
+    let corpus = Corpus::new(common.seed, common.authors, now);
     // A middling author: active enough to have notes, not the busiest; the
     // corpus names its profiles "user<index>".
     let index = corpus.pubkeys().len() / 20;
     let author = hex::encode(corpus.pubkeys()[index]);
-    let shapes = shapes(&author, &format!("user{index}"));
+    // The oldest tenth of the corpus's 30 days.
+    let shapes = shapes(&author, &format!("user{index}"), now - 27 * 24 * 3600);
     let filters: Arc<Vec<String>> = Arc::new(
         shapes
             .iter()
