@@ -643,29 +643,8 @@ impl Session {
                 "blocked: too many subscriptions (max {})",
                 limits.max_subscriptions
             ))
-        } else if let Some(reason) = query_cost_refusal(&filters, limits) {
-            Some(reason)
-        } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
-            self.count_refusal()?;
-            Some(reason)
-        } else if self.queries_running() >= self.max_queries() {
-            self.count_refusal()?;
-            Some(format!(
-                "rate-limited: at most {} queries may run at once on one connection; wait for EOSE",
-                self.max_queries()
-            ))
-        } else if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
-            Some("auth-required: this relay serves only authenticated clients".to_owned())
-        } else if filters.iter().all(|f| self.readers.needs_auth_for(f)) {
-            Some(if self.challenge.is_some() {
-                "auth-required: these kinds are served only to their author or recipients; authenticate first"
-                    .to_owned()
-            } else {
-                "restricted: these kinds are served only to their authenticated author or recipients, and this relay does not offer AUTH"
-                    .to_owned()
-            })
         } else {
-            None
+            self.read_refusal(&filters)?
         };
         // A REQ with an id already open replaces that subscription; a refused
         // one ends it (CLOSED says the subscription is over).
@@ -763,19 +742,8 @@ impl Session {
             ))
         } else if let Some(reason) = search_refusal(&filters, "COUNT", &self.shared.config) {
             Some(reason)
-        } else if let Some(reason) = query_cost_refusal(&filters, limits) {
-            Some(reason)
-        } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
-            self.count_refusal()?;
-            Some(reason)
-        } else if self.queries_running() >= self.max_queries() {
-            self.count_refusal()?;
-            Some(format!(
-                "rate-limited: at most {} queries may run at once on one connection; wait for an answer",
-                self.max_queries()
-            ))
         } else {
-            self.read_refusal(&filters)
+            self.read_refusal(&filters)?
         };
         if let Some(reason) = refusal {
             // As for any CLOSED: a subscription with this id is over too.
@@ -802,11 +770,24 @@ impl Session {
         Ok(())
     }
 
-    /// Why this connection may not read what `filters` ask for, if it may
-    /// not: `auth.required_for_read` and no AUTH yet, or only private kinds
-    /// asked for by a connection that has not authenticated.
-    fn read_refusal(&self, filters: &[Filter]) -> Option<String> {
-        if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
+    /// The refusals a REQ, COUNT and NEG-OPEN share, in one order: query
+    /// cost, the REQ rate, running queries, `auth.required_for_read`, and a
+    /// read of only private kinds by a connection that has not authenticated.
+    /// `Err` when the client has kept going past its rate limits.
+    fn read_refusal(&mut self, filters: &[Filter]) -> Result<Option<String>, Exit> {
+        let limits = &self.shared.config.limits;
+        let refusal = if let Some(reason) = query_cost_refusal(filters, limits) {
+            Some(reason)
+        } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
+            self.count_refusal()?;
+            Some(reason)
+        } else if self.queries_running() >= self.max_queries() {
+            self.count_refusal()?;
+            Some(format!(
+                "rate-limited: at most {} queries may run at once on one connection; wait for one to finish",
+                self.max_queries()
+            ))
+        } else if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
             Some("auth-required: this relay serves only authenticated clients".to_owned())
         } else if filters.iter().all(|f| self.readers.needs_auth_for(f)) {
             Some(if self.challenge.is_some() {
@@ -818,7 +799,8 @@ impl Session {
             })
         } else {
             None
-        }
+        };
+        Ok(refusal)
     }
 
     /// Sends a COUNT's answer, or CLOSED if the count failed.
@@ -1004,29 +986,8 @@ impl Session {
                 "blocked: too many negentropy sessions on one connection (max {})",
                 neg.max_sessions
             ))
-        } else if let Some(reason) = query_cost_refusal(std::slice::from_ref(&filter), limits) {
-            Some(reason)
-        } else if let Err(reason) = shared.rate_limits.allow_req(self.address) {
-            self.count_refusal()?;
-            Some(reason)
-        } else if self.queries_running() >= self.max_queries() {
-            self.count_refusal()?;
-            Some(format!(
-                "rate-limited: at most {} queries may run at once on one connection",
-                self.max_queries()
-            ))
-        } else if config.auth.required_for_read && self.authenticated.is_empty() {
-            Some("auth-required: this relay serves only authenticated clients".to_owned())
-        } else if self.readers.needs_auth_for(&filter) {
-            Some(if self.challenge.is_some() {
-                "auth-required: these kinds are served only to their author or recipients; authenticate first"
-                    .to_owned()
-            } else {
-                "restricted: these kinds are served only to their authenticated author or recipients, and this relay does not offer AUTH"
-                    .to_owned()
-            })
         } else {
-            None
+            self.read_refusal(std::slice::from_ref(&filter))?
         };
         if let Some(reason) = refusal {
             return self
