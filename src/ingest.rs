@@ -57,7 +57,8 @@ pub struct Origin {
     pub authenticated: Vec<[u8; 32]>,
     /// The URL this relay is known by to this client (`relay_url`, or the
     /// client's Host header), for NIP-62 requests that name relays.
-    pub relay_url: String,
+    /// Shared with the connection: an EVENT does not copy it.
+    pub relay_url: Arc<str>,
 }
 
 /// Everything an EVENT needs on its way to the store.

@@ -189,7 +189,7 @@ struct Session {
     /// The NIP-42 challenge sent when the connection opened.
     challenge: Option<String>,
     /// The URL an AUTH event must name: `relay_url`, or this request's Host.
-    relay_url: String,
+    relay_url: Arc<str>,
     /// What this connection may read of the private kinds.
     readers: Readers,
     /// The client's address (see [`Peer`]).
@@ -248,7 +248,7 @@ pub async fn serve(
         unflushed_bytes: 0,
         authenticated: Vec::new(),
         challenge: None,
-        relay_url: peer.relay_url,
+        relay_url: peer.relay_url.into(),
         readers: Readers::new(&shared.config.auth.private_kinds, &[]),
         address: peer.address,
         refusals: (0, tokio::time::Instant::now()),
