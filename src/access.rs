@@ -373,14 +373,20 @@ impl AccessLists {
 /// The running relay's access lists: the snapshot in force, the connection
 /// that watches for edits, and the one that makes them.
 pub struct AccessControl {
-    config: Config,
-    seed: Seed,
+    /// relay.toml's part: replaced by a reload (SIGHUP).
+    settings: RwLock<Arc<Settings>>,
     current: RwLock<Arc<AccessLists>>,
     watcher: Mutex<Watcher>,
     /// Opened on the first edit: most relays never get one.
     editor: Mutex<Option<Connection>>,
     database: PathBuf,
     durability: Durability,
+}
+
+/// What relay.toml contributes to the lists and the NIP-11 document.
+struct Settings {
+    config: Config,
+    seed: Seed,
 }
 
 struct Watcher {
@@ -399,8 +405,10 @@ impl AccessControl {
         let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
         let lists = AccessLists::build(config, &seed, stored);
         Ok(AccessControl {
-            config: config.clone(),
-            seed,
+            settings: RwLock::new(Arc::new(Settings {
+                config: config.clone(),
+                seed,
+            })),
             current: RwLock::new(Arc::new(lists)),
             watcher: Mutex::new(Watcher { conn, data_version }),
             editor: Mutex::new(None),
@@ -420,8 +428,32 @@ impl AccessControl {
     }
 
     /// relay.toml's part of the lists.
-    pub fn seed(&self) -> &Seed {
-        &self.seed
+    pub fn seed(&self) -> Seed {
+        self.settings().seed.clone()
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a reloaded relay.toml in force (SIGHUP): its `[access]` seed,
+    /// and the configuration the NIP-11 document is made from (NIP-86's
+    /// overrides in the database still win). Re-reads the stored lists, so
+    /// it blocks (SQLite): call it from a blocking thread.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
+        let seed = Seed::from_config(&config.access)?;
+        // Read first: a failure leaves the old settings in force.
+        let watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = lists::load(&watcher.conn).map_err(|e| StoreError::from(e).to_string())?;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Settings {
+            config: config.clone(),
+            seed,
+        });
+        self.install(stored);
+        Ok(())
     }
 
     /// Applies an edit to the database and reloads the snapshot before
@@ -437,7 +469,7 @@ impl AccessControl {
                     .map_err(|e| e.to_string())?,
             ),
         };
-        let deleted = apply_edit(conn, &self.seed, edit)?;
+        let deleted = apply_edit(conn, &self.settings().seed, edit)?;
         let stored = lists::load(conn).map_err(|e| StoreError::from(e).to_string())?;
         self.install(stored);
         Ok(deleted)
@@ -470,7 +502,8 @@ impl AccessControl {
     /// Swaps in a snapshot, unless a newer one is already in force (an
     /// edit and the watcher may race).
     fn install(&self, stored: StoredLists) {
-        let lists = Arc::new(AccessLists::build(&self.config, &self.seed, stored));
+        let settings = self.settings();
+        let lists = Arc::new(AccessLists::build(&settings.config, &settings.seed, stored));
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         if lists.version >= current.version {
             *current = lists;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variable that overrides `listen` (host:port).
 pub const ENV_LISTEN: &str = "NOSTR_RELAYD_LISTEN";
@@ -13,7 +13,7 @@ pub const ENV_DB: &str = "NOSTR_RELAYD_DB";
 
 /// Everything the relay can be told. Each field's default is the value
 /// written in the shipped `relay.toml`; a test keeps the two in step.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address and port to listen on.
@@ -23,6 +23,15 @@ pub struct Config {
     /// The relay's public URL (wss://…) as clients see it behind a proxy;
     /// empty: taken from each request's Host header.
     pub relay_url: String,
+    /// Which log lines are written (`RUST_LOG` syntax: `info`,
+    /// `info,nostr_relayd::connection=warn`, …). `RUST_LOG`, when set, wins
+    /// at start; SIGHUP applies a changed value.
+    pub log_level: String,
+    /// PEM certificate chain (leaf first) for serving `wss://`/`https://`
+    /// without a proxy; empty: plain `ws://`. Set with `tls_key` or not at all.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert` (PKCS#8, RSA or SEC1); empty: no TLS.
+    pub tls_key: PathBuf,
     pub auth: Auth,
     pub info: Info,
     pub limits: Limits,
@@ -34,12 +43,94 @@ pub struct Config {
     pub access: Access,
     pub search: Search,
     pub negentropy: Negentropy,
+    pub metrics: Metrics,
+    pub retention: Retention,
+}
+
+/// What the relay forgets, and when (`retention.rs`): rules by kind, a
+/// size cap, and pubkeys never pruned. The default forgets nothing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Pubkeys (hex or npub) whose events no rule and no size cap removes:
+    /// the owner of a personal relay.
+    pub exempt_pubkeys: Vec<String>,
+    /// Evict the oldest evictable events while the data in the database
+    /// (pages in use, free pages excluded) is above this many MiB; 0 = no cap.
+    pub max_database_mb: u64,
+    /// Seconds between two passes of the background task.
+    pub interval_seconds: u64,
+    /// Events deleted per write transaction, so that a pass never holds
+    /// the writer for long.
+    pub batch_size: usize,
+    /// The rules; a kind is governed by the first rule that names it.
+    pub rules: Vec<RetentionRule>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            exempt_pubkeys: Vec::new(),
+            max_database_mb: 0,
+            interval_seconds: 600,
+            batch_size: 500,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `[[retention.rules]]` table: which kinds, and how long or how many
+/// of them are kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Kind numbers and `"first-last"` ranges (strings), e.g. `[1, "30000-39999"]`.
+    pub kinds: Vec<KindSelector>,
+    /// Age after which an event goes: `"90d"`, `"1y"`, …; empty: no age limit.
+    #[serde(default)]
+    pub max_age: String,
+    /// Keep only each author's newest N events of these kinds; 0: no limit.
+    #[serde(default)]
+    pub max_per_author: u64,
+}
+
+/// A kind as written in a rule: a number, or a string holding a number or
+/// a `"first-last"` range (TOML arrays may mix the two).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum KindSelector {
+    Kind(u16),
+    Text(String),
+}
+
+/// Prometheus `/metrics`: on the relay's own port for loopback clients
+/// only (a reverse proxy on the same host must not expose it), or on a
+/// listener of its own for a Prometheus elsewhere.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Serve `/metrics`; off: 404 (counting goes on: a few atomic adds).
+    pub enabled: bool,
+    /// Empty: `/metrics` on the relay's port, to loopback peers without
+    /// proxy headers. An address (`127.0.0.1:9100`, `0.0.0.0:9100`): a
+    /// plain-HTTP listener of its own serving `/metrics` and `/health` to
+    /// whoever reaches it, and no `/metrics` on the relay's port.
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            listen: String::new(),
+        }
+    }
 }
 
 /// NIP-77 negentropy sync: `NEG-OPEN`, `NEG-MSG`, `NEG-CLOSE` on the
 /// WebSocket. Each open session holds its records, (created_at, id), in
 /// memory: at most `max_records` × 40 bytes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Negentropy {
     /// Answer NEG-OPEN; off: `NEG-ERR "blocked: …"`.
@@ -75,7 +166,7 @@ impl Default for Negentropy {
 /// index over the text of these kinds (content; for kind 0 the profile's
 /// name, display_name, about and nip05). Changing `kinds` or `enabled`
 /// rebuilds (or drops) the index at the next start.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Search {
     /// Answer filters with `search`; off: they are refused with
@@ -111,7 +202,7 @@ impl Search {
 /// The NIP-86 management API: JSON-RPC over HTTP POST on the relay's URL,
 /// authorized by NIP-98. On by default, since it is useless to anyone until
 /// an operator names an admin (every request gets 401/403 before that).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Management {
     /// Answer `Content-Type: application/nostr+json+rpc` POSTs on `/`.
@@ -132,7 +223,7 @@ impl Default for Management {
 /// Who may write: the read-only seed of the access lists (see `access`).
 /// NIP-86 and the `admin` CLI add to these at run time, in the database;
 /// what is listed here cannot be lifted there.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Access {
     /// When non-empty, only these pubkeys (hex or npub) may write.
@@ -152,7 +243,7 @@ pub struct Access {
 
 /// The NIP-11 relay information document. Empty strings mean "not set" and
 /// are left out of the document.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Info {
     pub name: String,
@@ -170,7 +261,7 @@ pub struct Info {
 }
 
 /// NIP-42 authentication and the reads and writes it guards.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Auth {
     /// Challenge every connection and accept `AUTH` replies.
@@ -196,7 +287,7 @@ impl Default for Auth {
 
 /// Limits on what clients may send; each one advertised in NIP-11 where the
 /// NIP has a field for it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_message_length: usize,
@@ -220,7 +311,7 @@ pub struct Limits {
 }
 
 /// Connection handling.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
     pub max_connections: usize,
@@ -230,11 +321,18 @@ pub struct Network {
     /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For` or
     /// `X-Real-IP` header names the client: the reverse proxies in front.
     pub trusted_proxies: Vec<String>,
+    /// Bind with `SO_REUSEPORT`, so that a second relay (a new version) can
+    /// listen on the same port while this one drains: an upgrade without
+    /// refused connections.
+    pub reuse_port: bool,
+    /// Seconds a stop (SIGTERM, SIGINT) waits for open connections to get
+    /// their last answers and close before they are dropped.
+    pub shutdown_timeout_seconds: u64,
 }
 
 /// Limits on how fast one client may go. Every refusal caused by load is
 /// `rate-limited:`; addresses are never banned automatically.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimit {
     /// Turns every limit below on or off.
@@ -274,7 +372,7 @@ impl Default for RateLimit {
 }
 
 /// SQLite storage.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
     /// "normal": a commit survives a crash of the relay process.
@@ -295,7 +393,7 @@ pub struct Storage {
 /// protocol, that accepts or rejects each event that passed every other
 /// check. Operators keep their site rules (whitelists, spam filters) out of
 /// the relay, and strfry plugins run unchanged.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Plugin {
     /// The program and its arguments, split on whitespace and run without a
@@ -313,7 +411,7 @@ pub struct Plugin {
 }
 
 /// The answer given in the plugin's place when it cannot answer.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Fail closed: `OK false "error: …"`, so that a broken plugin never
@@ -325,7 +423,7 @@ pub enum OnFailure {
 }
 
 /// How hard a commit tries to reach the disk.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     Normal,
@@ -338,6 +436,9 @@ impl Default for Config {
             listen: "127.0.0.1:7777".into(),
             database: PathBuf::from("./data/nostr-relayd.sqlite"),
             relay_url: String::new(),
+            log_level: crate::logging::DEFAULT_FILTER.into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
             auth: Auth::default(),
             info: Info {
                 name: "nostr-relayd".into(),
@@ -353,6 +454,8 @@ impl Default for Config {
             access: Access::default(),
             search: Search::default(),
             negentropy: Negentropy::default(),
+            metrics: Metrics::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -395,6 +498,8 @@ impl Default for Network {
             send_queue_events: 2048,
             max_events_in_flight: 64,
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+            reuse_port: false,
+            shutdown_timeout_seconds: 10,
         }
     }
 }
@@ -443,6 +548,12 @@ impl Config {
         toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
     }
 
+    /// The configuration as TOML, every key written out: what
+    /// `check-config` prints, and a file that loads as this same config.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError(format!("cannot write as TOML: {e}")))
+    }
+
     /// Applies `NOSTR_RELAYD_LISTEN` and `NOSTR_RELAYD_DB`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         if let Some(listen) = var(ENV_LISTEN).filter(|v| !v.is_empty()) {
@@ -467,6 +578,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if let Err(why) = crate::logging::parse_filter(&self.log_level) {
+            return fail("log_level", &why);
+        }
         let hex_or_empty = |v: &str| v.is_empty() || crate::nostr::hex::is_hex32(v);
         if !hex_or_empty(&self.info.pubkey) {
             return fail(
@@ -481,6 +595,14 @@ impl Config {
             && crate::nostr::relay_url::RelayUrl::parse(&self.relay_url).is_none()
         {
             return fail("relay_url", "must be a ws:// or wss:// URL, or empty");
+        }
+        match (
+            self.tls_cert.as_os_str().is_empty(),
+            self.tls_key.as_os_str().is_empty(),
+        ) {
+            (false, true) => return fail("tls_key", "must be set when tls_cert is"),
+            (true, false) => return fail("tls_cert", "must be set when tls_key is"),
+            _ => {}
         }
         if (self.auth.required_for_read || self.auth.required_for_write) && !self.auth.enabled {
             return fail(
@@ -565,7 +687,17 @@ impl Config {
                 "must be 0 (no limit) or at least 4096",
             );
         }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<SocketAddr>().is_err()
+        {
+            return fail(
+                "metrics.listen",
+                "must be empty (the relay's port, loopback only) or an address:port",
+            );
+        }
         self.validate_access()?;
+        crate::retention::Policy::from_config(&self.retention, self.storage.max_database_bytes)
+            .map_err(ConfigError)?;
         Ok(())
     }
 
@@ -625,6 +757,25 @@ mod tests {
     }
 
     #[test]
+    fn the_toml_written_loads_as_the_same_config() {
+        let mut config = Config::default();
+        config.info.self_pubkey = "ab".repeat(32);
+        config.storage.durability = Durability::Full;
+        let text = config.to_toml().unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn metrics_listen_is_empty_or_an_address() {
+        for listen in ["", "127.0.0.1:9100", "0.0.0.0:9100", "[::1]:9100"] {
+            let config = Config::from_toml(&format!("[metrics]\nlisten = {listen:?}\n")).unwrap();
+            assert!(config.validate().is_ok(), "{listen}");
+        }
+        let config = Config::from_toml("[metrics]\nlisten = \"localhost\"\n").unwrap();
+        assert!(config.validate().unwrap_err().0.starts_with("metrics.listen:"));
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let mut config = Config::default();
         config.apply_env(|name| match name {
@@ -654,6 +805,16 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().unwrap_err().0.contains("listen"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_or_neither() {
+        let both = Config::from_toml("tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n").unwrap();
+        assert!(both.validate().is_ok());
+        let cert_only = Config::from_toml("tls_cert = \"/c.pem\"\n").unwrap();
+        assert!(cert_only.validate().unwrap_err().0.starts_with("tls_key:"));
+        let key_only = Config::from_toml("tls_key = \"/k.pem\"\n").unwrap();
+        assert!(key_only.validate().unwrap_err().0.starts_with("tls_cert:"));
     }
 
     #[test]

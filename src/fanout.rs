@@ -73,16 +73,22 @@ impl Mailbox {
         )
     }
 
-    fn deliver(&self, delivery: Delivery) {
+    /// Queues a delivery; false when the queue is full or closed.
+    fn deliver(&self, delivery: Delivery) -> bool {
         // Counted before the send, so the receiver never subtracts first.
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = self.queue.try_send(delivery) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            if let mpsc::error::TrySendError::Full(_) = error {
-                self.overflow.happened.store(true, Ordering::Relaxed);
-                self.overflow.notify.notify_one();
+        let Err(error) = self.queue.try_send(delivery) else {
+            return true;
+        };
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        if let mpsc::error::TrySendError::Full(_) = error {
+            // The first overflow dooms the connection: counted once.
+            if !self.overflow.happened.swap(true, Ordering::Relaxed) {
+                crate::metrics::global().slow_consumer_dropped();
             }
+            self.overflow.notify.notify_one();
         }
+        false
     }
 }
 
@@ -310,16 +316,21 @@ impl Fanout {
             .index
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut delivered = 0;
         for key in index.candidates(&event.event) {
             if let Some(registration) = index.registrations.get(&key)
                 && registration.filters.iter().any(|f| f.matches(&event.event))
-            {
-                registration.mailbox.deliver(Delivery {
+                && registration.mailbox.deliver(Delivery {
                     key,
                     seq,
                     event: event.clone(),
-                });
+                })
+            {
+                delivered += 1;
             }
+        }
+        if delivered > 0 {
+            crate::metrics::global().delivered(delivered);
         }
     }
 

@@ -1,12 +1,23 @@
 //! The cheap write policy: rules decided from the event alone, in
 //! microseconds, before the relay spends a signature check on it.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
 use crate::config::Limits;
 use crate::nostr::{Event, kind, pow};
 
-/// The limits an incoming event is held to.
+/// The limits an incoming event is held to. Clones share the limits, so
+/// that [`WritePolicy::set_limits`] (a reload) reaches every one of them.
 #[derive(Debug, Clone)]
 pub struct WritePolicy {
+    limits: Arc<ArcSwap<EventLimits>>,
+}
+
+/// `[limits]`'s part that an event is checked against.
+#[derive(Debug)]
+struct EventLimits {
     max_event_tags: usize,
     max_content_length: usize,
     created_at_lower_limit: u64,
@@ -18,6 +29,24 @@ impl WritePolicy {
     /// The policy the configured limits describe.
     pub fn new(limits: &Limits) -> WritePolicy {
         WritePolicy {
+            limits: Arc::new(ArcSwap::from_pointee(EventLimits::new(limits))),
+        }
+    }
+
+    /// Holds every event checked from now on to `limits` (SIGHUP).
+    pub fn set_limits(&self, limits: &Limits) {
+        self.limits.store(Arc::new(EventLimits::new(limits)));
+    }
+
+    /// `Ok` to go on, or the full `OK false` reason (with its prefix).
+    pub fn check(&self, event: &Event, now: i64) -> Result<(), String> {
+        self.limits.load().check(event, now)
+    }
+}
+
+impl EventLimits {
+    fn new(limits: &Limits) -> EventLimits {
+        EventLimits {
             max_event_tags: limits.max_event_tags,
             max_content_length: limits.max_content_length,
             created_at_lower_limit: limits.created_at_lower_limit,
@@ -26,8 +55,7 @@ impl WritePolicy {
         }
     }
 
-    /// `Ok` to go on, or the full `OK false` reason (with its prefix).
-    pub fn check(&self, event: &Event, now: i64) -> Result<(), String> {
+    fn check(&self, event: &Event, now: i64) -> Result<(), String> {
         if event.kind == kind::CLIENT_AUTH {
             return Err(
                 "invalid: kind 22242 is for NIP-42 AUTH messages and is never stored or broadcast"
@@ -186,6 +214,28 @@ mod tests {
         let mut event = event(1_000_000, content, tags);
         event.kind = kind;
         event
+    }
+
+    #[test]
+    fn new_limits_reach_every_clone() {
+        let policy = WritePolicy::new(&Limits::default());
+        let on_a_checker = policy.clone();
+        let now = 1_000_000;
+        assert!(
+            on_a_checker
+                .check(&event(now, "abcd", json!([])), now)
+                .is_ok()
+        );
+        policy.set_limits(&Limits {
+            max_content_length: 3,
+            ..Limits::default()
+        });
+        assert!(
+            on_a_checker
+                .check(&event(now, "abcd", json!([])), now)
+                .unwrap_err()
+                .starts_with("invalid: content")
+        );
     }
 
     #[test]

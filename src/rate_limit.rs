@@ -7,12 +7,19 @@
 //! count subscribers: an IPv4 address exactly, an IPv6 address by its /64
 //! (one household's or one VPS's allocation). Nothing here bans anyone:
 //! refusals are answered `rate-limited:` and stop when the client slows down.
+//!
+//! A reload (SIGHUP) swaps in new quotas at once. A limiter whose quota did
+//! not change is kept with what it knows; one whose quota changed starts
+//! afresh, so every client gets a full allowance under the new quota (the
+//! per-key state of a changed limit is lost, which only ever errs towards
+//! letting a client through once more). Open-connection counts are kept.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::access::Cidr;
@@ -41,25 +48,95 @@ impl AddressKey {
 
 type Limiter<K> = DefaultKeyedRateLimiter<K>;
 
-/// A per-minute limiter, or `None` for "no limit" (a quota of 0).
-fn per_minute<K: std::hash::Hash + Eq + Clone>(quota: u32) -> Option<Limiter<K>> {
-    NonZeroU32::new(quota).map(|n| RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)))
+/// A keyed per-minute limiter and the quota it enforces.
+struct PerMinute<K: std::hash::Hash + Eq + Clone> {
+    quota: u32,
+    limiter: Arc<Limiter<K>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> PerMinute<K> {
+    /// A limiter for `quota` per minute, or `None` for "no limit" (0). The
+    /// `previous` one is kept, state and all, when its quota is the same.
+    fn new(quota: u32, previous: Option<&PerMinute<K>>) -> Option<PerMinute<K>> {
+        let n = NonZeroU32::new(quota)?;
+        let limiter = match previous {
+            Some(previous) if previous.quota == quota => previous.limiter.clone(),
+            _ => Arc::new(RateLimiter::keyed(Quota::per_minute(n).allow_burst(n))),
+        };
+        Some(PerMinute { quota, limiter })
+    }
+
+    /// `Ok` while `key` is within its quota.
+    fn check(&self, key: &K) -> Result<(), ()> {
+        self.limiter.check_key(key).map_err(|_| ())
+    }
+
+    fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// The quotas of one `[rate_limit]` section; replaced whole on reload.
+struct Quotas {
+    enabled: bool,
+    exempt: Vec<Cidr>,
+    connections: Option<PerMinute<AddressKey>>,
+    events: Option<PerMinute<AddressKey>>,
+    reqs: Option<PerMinute<AddressKey>>,
+    author_events: Option<PerMinute<[u8; 32]>>,
+    max_open_per_address: usize,
+    max_concurrent_queries: usize,
+    max_refusals_per_minute: u32,
+}
+
+impl Quotas {
+    /// The quotas `config` describes, keeping `previous`'s limiters whose
+    /// quota is unchanged.
+    fn new(config: &RateLimit, previous: Option<&Quotas>) -> Quotas {
+        Quotas {
+            enabled: config.enabled,
+            exempt: config
+                .exempt
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect(),
+            connections: PerMinute::new(
+                config.connections_per_minute,
+                previous.and_then(|p| p.connections.as_ref()),
+            ),
+            events: PerMinute::new(
+                config.events_per_minute,
+                previous.and_then(|p| p.events.as_ref()),
+            ),
+            reqs: PerMinute::new(
+                config.reqs_per_minute,
+                previous.and_then(|p| p.reqs.as_ref()),
+            ),
+            author_events: PerMinute::new(
+                config.events_per_minute_per_pubkey,
+                previous.and_then(|p| p.author_events.as_ref()),
+            ),
+            max_open_per_address: config.max_connections_per_address,
+            max_concurrent_queries: if config.enabled {
+                config.max_concurrent_queries
+            } else {
+                0
+            },
+            max_refusals_per_minute: config.max_refusals_per_minute,
+        }
+    }
+
+    /// Whether `ip` is limited at all.
+    fn applies_to(&self, ip: IpAddr) -> bool {
+        self.enabled && !self.exempt.iter().any(|range| range.contains(ip))
+    }
 }
 
 /// Every rate limit of the relay, shared by all connections.
 pub struct RateLimits {
-    enabled: bool,
-    exempt: Vec<Cidr>,
-    connections: Option<Limiter<AddressKey>>,
-    events: Option<Limiter<AddressKey>>,
-    reqs: Option<Limiter<AddressKey>>,
-    author_events: Option<Limiter<[u8; 32]>>,
-    max_open_per_address: usize,
+    quotas: ArcSwap<Quotas>,
     open: Mutex<HashMap<AddressKey, usize>>,
-    /// Stored queries one connection may run at once; 0 = no limit.
-    pub max_concurrent_queries: usize,
-    /// Refusals in a minute after which a connection is closed.
-    pub max_refusals_per_minute: u32,
 }
 
 /// Held while a connection is open; counts it against its address.
@@ -89,36 +166,39 @@ impl RateLimits {
     /// The limits `[rate_limit]` describes (validated by `Config`).
     pub fn new(config: &RateLimit) -> RateLimits {
         RateLimits {
-            enabled: config.enabled,
-            exempt: config
-                .exempt
-                .iter()
-                .filter_map(|c| Cidr::parse(c))
-                .collect(),
-            connections: per_minute(config.connections_per_minute),
-            events: per_minute(config.events_per_minute),
-            reqs: per_minute(config.reqs_per_minute),
-            author_events: per_minute(config.events_per_minute_per_pubkey),
-            max_open_per_address: config.max_connections_per_address,
+            quotas: ArcSwap::from_pointee(Quotas::new(config, None)),
             open: Mutex::new(HashMap::new()),
-            max_concurrent_queries: if config.enabled {
-                config.max_concurrent_queries
-            } else {
-                0
-            },
-            max_refusals_per_minute: config.max_refusals_per_minute,
         }
+    }
+
+    /// Puts new quotas in force for every connection, from its next
+    /// message (SIGHUP). Limiters whose quota changed start afresh.
+    pub fn reconfigure(&self, config: &RateLimit) {
+        let previous = self.quotas.load();
+        self.quotas
+            .store(Arc::new(Quotas::new(config, Some(&previous))));
     }
 
     /// Whether `ip` is limited at all.
     pub fn applies_to(&self, ip: IpAddr) -> bool {
-        self.enabled && !self.exempt.iter().any(|range| range.contains(ip))
+        self.quotas.load().applies_to(ip)
+    }
+
+    /// Stored queries one connection may run at once; 0 = no limit.
+    pub fn max_concurrent_queries(&self) -> usize {
+        self.quotas.load().max_concurrent_queries
+    }
+
+    /// Refusals in a minute after which a connection is closed.
+    pub fn max_refusals_per_minute(&self) -> u32 {
+        self.quotas.load().max_refusals_per_minute
     }
 
     /// A new WebSocket connection from `ip`: admitted (the guard counts it
     /// until dropped), or the `rate-limited:` reason to answer with 429.
     pub fn admit_connection(self: &Arc<Self>, ip: IpAddr) -> Result<OpenConnection, String> {
-        if !self.applies_to(ip) {
+        let quotas = self.quotas.load();
+        if !quotas.applies_to(ip) {
             return Ok(OpenConnection {
                 limits: self.clone(),
                 key: None,
@@ -132,18 +212,18 @@ impl RateLimits {
         let count = open.entry(key).or_insert(0);
         // The cap on open connections first: a refusal there does not use
         // up the per-minute allowance.
-        if self.max_open_per_address > 0 && *count >= self.max_open_per_address {
+        if quotas.max_open_per_address > 0 && *count >= quotas.max_open_per_address {
             let reason = format!(
                 "rate-limited: at most {} connections at once from one address",
-                self.max_open_per_address
+                quotas.max_open_per_address
             );
             if *count == 0 {
                 open.remove(&key);
             }
             return Err(reason);
         }
-        if let Some(limiter) = &self.connections
-            && limiter.check_key(&key).is_err()
+        if let Some(limiter) = &quotas.connections
+            && limiter.check(&key).is_err()
         {
             if *count == 0 {
                 open.remove(&key);
@@ -162,16 +242,17 @@ impl RateLimits {
     /// One EVENT from `ip`, by `author` if the connection authenticated as
     /// the event's author. `Err` is the full `OK false` reason.
     pub fn allow_event(&self, ip: IpAddr, author: Option<&[u8; 32]>) -> Result<(), String> {
-        if !self.applies_to(ip) {
+        let quotas = self.quotas.load();
+        if !quotas.applies_to(ip) {
             return Ok(());
         }
-        if let (Some(limiter), Some(author)) = (&self.author_events, author)
-            && limiter.check_key(author).is_err()
+        if let (Some(limiter), Some(author)) = (&quotas.author_events, author)
+            && limiter.check(author).is_err()
         {
             return Err("rate-limited: you are publishing too fast; slow down".into());
         }
-        match &self.events {
-            Some(limiter) if limiter.check_key(&AddressKey::of(ip)).is_err() => {
+        match &quotas.events {
+            Some(limiter) if limiter.check(&AddressKey::of(ip)).is_err() => {
                 Err("rate-limited: too many events from your address; slow down".into())
             }
             _ => Ok(()),
@@ -180,11 +261,12 @@ impl RateLimits {
 
     /// One REQ from `ip`. `Err` is the full `CLOSED` reason.
     pub fn allow_req(&self, ip: IpAddr) -> Result<(), String> {
-        if !self.applies_to(ip) {
+        let quotas = self.quotas.load();
+        if !quotas.applies_to(ip) {
             return Ok(());
         }
-        match &self.reqs {
-            Some(limiter) if limiter.check_key(&AddressKey::of(ip)).is_err() => {
+        match &quotas.reqs {
+            Some(limiter) if limiter.check(&AddressKey::of(ip)).is_err() => {
                 Err("rate-limited: too many subscriptions from your address; slow down".into())
             }
             _ => Ok(()),
@@ -195,16 +277,15 @@ impl RateLimits {
     /// the limiters' memory follows the active clients, not every client
     /// ever seen. Called periodically.
     pub fn forget_idle(&self) {
-        for limiter in [&self.connections, &self.events, &self.reqs]
+        let quotas = self.quotas.load();
+        for limiter in [&quotas.connections, &quotas.events, &quotas.reqs]
             .into_iter()
             .flatten()
         {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            limiter.forget_idle();
         }
-        if let Some(limiter) = &self.author_events {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+        if let Some(limiter) = &quotas.author_events {
+            limiter.forget_idle();
         }
     }
 }
@@ -317,6 +398,43 @@ mod tests {
         for _ in 0..10 {
             assert!(limits.allow_event(ip("127.0.0.1"), None).is_ok());
         }
+    }
+
+    #[test]
+    fn a_reload_changes_quotas_and_keeps_the_state_of_unchanged_ones() {
+        let limits = RateLimits::new(&RateLimit {
+            events_per_minute: 2,
+            reqs_per_minute: 2,
+            exempt: Vec::new(),
+            ..RateLimit::default()
+        });
+        let client = ip("192.0.2.1");
+        for _ in 0..2 {
+            assert!(limits.allow_event(client, None).is_ok());
+            assert!(limits.allow_req(client).is_ok());
+        }
+        assert!(limits.allow_event(client, None).is_err());
+        assert!(limits.allow_req(client).is_err());
+        limits.reconfigure(&RateLimit {
+            events_per_minute: 5,
+            reqs_per_minute: 2,
+            max_concurrent_queries: 3,
+            exempt: Vec::new(),
+            ..RateLimit::default()
+        });
+        // A new quota starts afresh; an unchanged one remembers the client.
+        for _ in 0..5 {
+            assert!(limits.allow_event(client, None).is_ok());
+        }
+        assert!(limits.allow_event(client, None).is_err());
+        assert!(limits.allow_req(client).is_err(), "same quota, same state");
+        assert_eq!(limits.max_concurrent_queries(), 3);
+        limits.reconfigure(&RateLimit {
+            enabled: false,
+            ..RateLimit::default()
+        });
+        assert!(limits.allow_event(client, None).is_ok());
+        assert_eq!(limits.max_concurrent_queries(), 0, "no limit when off");
     }
 
     #[test]

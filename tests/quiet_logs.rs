@@ -2,7 +2,10 @@
 //! sends thousands of bad frames must not also fill the operator's disk
 //! with log lines. The real binary runs at the default `info` level with
 //! its stderr captured, every attack of `tests/hostile.rs` is made against
-//! it at once, and the log lines it wrote meanwhile are counted.
+//! it at once, and the log lines it wrote meanwhile are accounted for one
+//! by one: exactly one "connection closed" line per WebSocket that was
+//! opened, one line per subscriber dropped for not reading, one for the
+//! connection flood, and nothing else.
 
 mod common;
 
@@ -122,6 +125,7 @@ async fn attacks_are_logged_once_not_per_frame() {
         }
     }
     assert!(refused > 0, "the flood reached max_connections");
+    let flood_accepted = held.len();
     drop(held);
 
     // Let the header timeout (10 s) end the slowloris sockets.
@@ -130,30 +134,75 @@ async fn attacks_are_logged_once_not_per_frame() {
     drop(readers);
     drop(slowloris);
 
+    client.assert_healthy().await;
+    drop(client);
+    drop(pinger);
+
+    // Every WebSocket that completed its handshake: the bad-frame client,
+    // the pinger, the RFC 6455 breakers, the non-readers and the flood's.
+    let websockets = 1 + 1 + 20 + NEVER_READERS + flood_accepted;
+    let closed = |log: &str| log.lines().filter(|l| is_close_line(l)).count();
+    let deadline = tokio::time::Instant::now() + ANSWER;
+    while closed(&std::fs::read_to_string(&log_path).unwrap()) < websockets
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a line too many to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     let log = std::fs::read_to_string(&log_path).unwrap();
     let attack_lines: Vec<&str> = log.lines().skip(startup_lines).collect();
     println!(
         "{} log lines for ~10,000 hostile frames and {} connections:",
         attack_lines.len(),
-        10 + 1 + 20 + NEVER_READERS + 2 * MAX_CONNECTIONS
+        10 + websockets + 2 * MAX_CONNECTIONS - flood_accepted
     );
     for line in &attack_lines {
         println!("  {line}");
     }
-    // One line per dropped reader, one for the connection flood; the bad
-    // frames, pings, protocol errors and slowloris sockets log nothing at
-    // `info` (they are answered, or counted at `debug`).
+    let (close_lines, other_lines): (Vec<&str>, Vec<&str>) =
+        attack_lines.iter().partition(|l| is_close_line(l));
+    assert_eq!(
+        close_lines.len(),
+        websockets,
+        "one line per WebSocket connection, at its close, and none per frame"
+    );
+    for line in &close_lines {
+        assert!(
+            line.contains("ip=127.0.0.1")
+                && line.contains("duration_ms=")
+                && line.contains("close="),
+            "a close line names the client, the duration and why: {line}"
+        );
+    }
+    assert_eq!(
+        close_lines
+            .iter()
+            .filter(|l| l.contains(" events=1601 accepted=601 reqs=1 "))
+            .count(),
+        1,
+        "the publishing client's line counts its EVENTs (1,000 forged, 600 notes \
+         and assert_healthy's), the 601 accepted and its one valid REQ"
+    );
+    // Besides those: one line per dropped reader, one for the connection
+    // flood; the bad frames, pings, protocol errors and slowloris sockets
+    // log nothing at `info` (they are answered, or counted at `debug`).
     assert!(
-        attack_lines.len() <= NEVER_READERS + 1,
-        "the log grew per frame or per connection"
+        other_lines.len() <= NEVER_READERS + 1,
+        "the log grew per frame or per connection: {other_lines:#?}"
     );
     assert_eq!(
-        attack_lines
+        other_lines
             .iter()
             .filter(|l| l.contains("max_connections"))
             .count(),
         1,
         "the connection flood is logged once"
     );
-    client.assert_healthy().await;
+}
+
+/// The one line a WebSocket connection writes, when it closes.
+fn is_close_line(line: &str) -> bool {
+    line.contains("nostr_relayd::connection") && line.contains("connection closed")
 }

@@ -10,17 +10,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -33,6 +34,7 @@ use crate::nostr::message::{self, quote};
 use crate::nostr::{ClientMessage, Filter, Rejection};
 use crate::privacy::Readers;
 use crate::rate_limit::OpenConnection;
+use crate::reload::Live;
 use crate::shutdown::Shutdown;
 use crate::store::negentropy::NegItems;
 use crate::store::unix_now;
@@ -40,10 +42,11 @@ use crate::store::{CountResult, QueryResult, StoreError};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type Sink = SplitSink<Socket, Message>;
+type Source = SplitStream<Socket>;
 
 /// Work finished elsewhere that this connection must answer.
 enum Reply {
-    /// A ready frame (an `OK`).
+    /// An EVENT's `OK`, ready to send (counted in `events_pending`).
     Frame(String),
     /// A REQ's stored events are ready (boxed: the reply queue's slots are
     /// allocated per connection, so every variant is kept pointer-sized).
@@ -158,6 +161,9 @@ impl Drop for Subscription {
 enum Exit {
     /// The client closed, or is gone: close our side normally.
     Quietly,
+    /// The connection ended without a closing handshake (the client
+    /// vanished, or reset it): there is no one to send a close frame to.
+    Gone,
     /// Send this close frame first.
     Close(CloseCode, &'static str),
     /// A write failed or stalled: the socket cannot take even a close
@@ -168,6 +174,8 @@ enum Exit {
 /// The state of one client connection.
 struct Session {
     shared: Arc<Shared>,
+    /// The settings in force (see `reload`), refreshed every loop turn.
+    live: Arc<Live>,
     peer: SocketAddr,
     sink: Sink,
     subscriptions: HashMap<String, Subscription>,
@@ -178,6 +186,8 @@ struct Session {
     overflow: Arc<Overflow>,
     replies: mpsc::Sender<Reply>,
     events_in_flight: Arc<Semaphore>,
+    /// EVENTs whose `OK` has not been sent yet: a drain waits for them.
+    events_pending: usize,
     next_generation: u64,
     done: mpsc::Sender<()>,
     /// Frames fed to the sink since the last flush.
@@ -196,9 +206,47 @@ struct Session {
     address: IpAddr,
     /// Rate-limit refusals in the current minute, and when it began.
     refusals: (u32, tokio::time::Instant),
-    /// COUNTs whose answer has not arrived: each is a running query.
-    counts: Vec<(u64, AbortHandle)>,
+    /// COUNTs whose answer has not arrived (number, id, task): each is a
+    /// running query.
+    counts: Vec<(u64, String, AbortHandle)>,
+    /// What this connection did, for its one log line at close.
+    tally: Tally,
     _open: OpenConnection,
+}
+
+/// A connection's activity, logged once when it closes (never per message:
+/// the log stays quiet under load).
+#[derive(Default)]
+struct Tally {
+    /// EVENT messages that parsed.
+    events: u64,
+    /// Of those, the ones answered `OK true` (counted by the ingest tasks).
+    accepted: Arc<AtomicU64>,
+    /// REQ messages that parsed, refused or not.
+    reqs: u64,
+    /// Payload bytes of the text and binary frames received and sent.
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Session {
+    /// The connection's one `info` line (target `nostr_relayd::connection`;
+    /// `RUST_LOG=info,nostr_relayd::connection=warn` silences it).
+    fn log_closed(&self, opened: tokio::time::Instant, close: &str) {
+        let tally = &self.tally;
+        tracing::info!(
+            target: "nostr_relayd::connection",
+            ip = %self.address,
+            duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            events = tally.events,
+            accepted = tally.accepted.load(Ordering::Relaxed),
+            reqs = tally.reqs,
+            bytes_in = tally.bytes_in,
+            bytes_out = tally.bytes_out,
+            close,
+            "connection closed"
+        );
+    }
 }
 
 /// Who is at the other end of a connection.
@@ -224,16 +272,18 @@ pub async fn serve(
     done: mpsc::Sender<()>,
 ) {
     let (sink, mut stream) = socket.split();
-    let network = &shared.config.network;
+    let live = shared.live.load_full();
+    let network = &live.config.network;
     let (mailbox, mut deliveries, overflow) = shared.fanout.mailbox(network.send_queue_events);
     let (replies, mut reply_queue) = mpsc::channel(
         network.max_events_in_flight
-            + shared.config.limits.max_subscriptions
-            + shared.config.negentropy.max_sessions,
+            + live.config.limits.max_subscriptions
+            + live.config.negentropy.max_sessions,
     );
     let ping_period = Duration::from_secs(network.ping_interval_seconds.max(1));
     let mut session = Session {
         events_in_flight: Arc::new(Semaphore::new(network.max_events_in_flight)),
+        events_pending: 0,
         peer: peer.socket,
         sink,
         subscriptions: HashMap::new(),
@@ -249,22 +299,27 @@ pub async fn serve(
         authenticated: Vec::new(),
         challenge: None,
         relay_url: peer.relay_url.into(),
-        readers: Readers::new(&shared.config.auth.private_kinds, &[]),
+        readers: Readers::new(&live.config.auth.private_kinds, &[]),
         address: peer.address,
         refusals: (0, tokio::time::Instant::now()),
         counts: Vec::new(),
+        tally: Tally::default(),
         _open: peer.open,
+        live,
         shared,
     };
     let _open = session.shared.counters.websockets.hold();
+    crate::metrics::global().connection_opened();
     let peer = session.peer;
-    tracing::debug!(%peer, "websocket connected");
-    if session.shared.config.auth.enabled {
+    let opened = tokio::time::Instant::now();
+    tracing::debug!(target: "nostr_relayd::connection", ip = %session.address, %peer, "connection opened");
+    if session.live.config.auth.enabled {
         // NIP-42: offered at once, so a client can authenticate before it
         // needs to; reading public events never requires it by default.
         let challenge = auth::new_challenge();
         let sent = session.send_text(message::auth_challenge(&challenge)).await;
         if sent.is_err() || session.flush().await.is_err() {
+            session.log_closed(opened, "write failed");
             return;
         }
         session.challenge = Some(challenge);
@@ -274,9 +329,10 @@ pub async fn serve(
     // Handlers are boxed: an idle connection's task then holds only the
     // small futures of this select, not the largest handler's state.
     let exit = loop {
+        session.refresh_live();
         let neg_idle_at = session.neg_idle_deadline();
         let step = tokio::select! {
-            _ = shutdown.recv() => Err(Exit::Close(CloseCode::Away, "relay shutting down")),
+            _ = shutdown.recv() => Err(Box::pin(session.drain(&mut stream, &mut reply_queue)).await),
             _ = session.overflow.notify.notified() => Box::pin(session.on_overflow()).await,
             Some(reply) = reply_queue.recv() => Box::pin(session.on_reply(reply)).await,
             Some(delivery) = deliveries.recv() => session.on_delivery(delivery).await,
@@ -311,8 +367,15 @@ pub async fn serve(
             break exit;
         }
     };
+    let close = match &exit {
+        Exit::Abandon => "write failed",
+        Exit::Quietly => "client closed",
+        Exit::Gone => "client gone",
+        Exit::Close(_, reason) => reason,
+    };
+    session.log_closed(opened, close);
     match exit {
-        Exit::Abandon => {}
+        Exit::Abandon | Exit::Gone => {}
         Exit::Quietly => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.sink.close()).await;
         }
@@ -330,7 +393,6 @@ pub async fn serve(
         }
     }
     session.unsubscribe_all();
-    tracing::debug!(%peer, "websocket closed");
 }
 
 /// Longest a write to the socket may stall. A client that stops reading
@@ -354,6 +416,7 @@ impl Session {
     /// that does not read.
     async fn send(&mut self, message: Message) -> Result<(), Exit> {
         let bytes = message.len();
+        self.tally.bytes_out += bytes as u64;
         self.unflushed = true;
         self.unflushed_bytes += bytes;
         self.shared.counters.queued_bytes.add(bytes);
@@ -423,6 +486,9 @@ impl Session {
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+        if let Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) = &frame {
+            self.tally.bytes_in += message.len() as u64;
+        }
         match frame {
             None => Err(Exit::Quietly),
             Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -443,6 +509,12 @@ impl Session {
                 "invalid UTF-8 in a text frame",
             )),
             Some(Err(WsError::Capacity(_))) => Err(Exit::Close(CloseCode::Size, "message too big")),
+            Some(Err(
+                WsError::Io(_)
+                | WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            )) => Err(Exit::Gone),
             Some(Err(error)) => {
                 tracing::debug!(peer = %self.peer, %error, "websocket read error");
                 Err(Exit::Close(CloseCode::Protocol, "protocol error"))
@@ -451,7 +523,9 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
-        match ClientMessage::parse(text) {
+        let parsed = ClientMessage::parse(text);
+        crate::metrics::global().message(crate::metrics::Verb::of(&parsed));
+        match parsed {
             Ok(ClientMessage::Event(event)) => self.on_event(*event).await,
             Ok(ClientMessage::Auth(event)) => self.on_auth(*event).await,
             Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
@@ -475,6 +549,9 @@ impl Session {
                 Ok(())
             }
             Err(rejection) => {
+                if let Rejection::Ok { reason, .. } = &rejection {
+                    self.shared.monitor.event_answered(false, reason);
+                }
                 // NIP-01: CLOSED means the subscription "was ended on the server
                 // side", so a refused REQ also ends an open one with that id.
                 if let Rejection::Closed { sub_id, .. } = &rejection {
@@ -492,12 +569,14 @@ impl Session {
     /// Runs the EVENT pipeline on its own task so that a slow commit does not
     /// stop this connection from reading; at most `max_events_in_flight` at once.
     async fn on_event(&mut self, event: crate::nostr::Event) -> Result<(), Exit> {
+        self.tally.events += 1;
         // NIP-62 requests are honoured "regardless of the user's status".
-        if self.shared.config.auth.required_for_write
+        if self.live.config.auth.required_for_write
             && self.authenticated.is_empty()
             && event.kind != crate::nostr::kind::REQUEST_TO_VANISH
         {
             let reason = "auth-required: this relay accepts events only from authenticated clients";
+            self.shared.monitor.event_answered(false, reason);
             return self
                 .send_text(message::ok(&event.id_hex(), false, reason))
                 .await;
@@ -509,11 +588,13 @@ impl Session {
         let replies = self.replies.clone();
         let done = self.done.clone();
         let in_flight = self.shared.counters.events_in_flight.hold();
+        let accepted = self.tally.accepted.clone();
         let author = self
             .authenticated
             .contains(&event.pubkey)
             .then_some(&event.pubkey);
         if let Err(reason) = self.shared.rate_limits.allow_event(self.address, author) {
+            self.shared.monitor.event_answered(false, &reason);
             self.count_refusal()?;
             return self
                 .send_text(message::ok(&event.id_hex(), false, &reason))
@@ -524,11 +605,18 @@ impl Session {
             authenticated: self.authenticated.clone(),
             relay_url: self.relay_url.clone(),
         };
+        self.events_pending += 1;
         tokio::spawn(async move {
             let _in_flight = in_flight;
             let id = event.id_hex();
             let verdict = shared.ingester.ingest(event, &origin).await;
             drop(permit);
+            shared
+                .monitor
+                .event_answered(verdict.accepted, &verdict.reason);
+            if verdict.accepted {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = replies
                 .send(Reply::Frame(message::ok(
                     &id,
@@ -551,7 +639,7 @@ impl Session {
             *since = now;
         }
         *count += 1;
-        if *count > self.shared.rate_limits.max_refusals_per_minute {
+        if *count > self.shared.rate_limits.max_refusals_per_minute() {
             tracing::info!(peer = %self.peer, address = %self.address, "closing a connection that kept going past its rate limits");
             return Err(Exit::Close(
                 CloseCode::Policy,
@@ -578,7 +666,7 @@ impl Session {
 
     /// The per-connection cap on running queries (`usize::MAX`: none).
     fn max_queries(&self) -> usize {
-        match self.shared.rate_limits.max_concurrent_queries {
+        match self.shared.rate_limits.max_concurrent_queries() {
             0 => usize::MAX,
             n => n,
         }
@@ -612,7 +700,7 @@ impl Session {
                 if !self.authenticated.contains(&pubkey) {
                     self.authenticated.push(pubkey);
                     self.readers =
-                        Readers::new(&self.shared.config.auth.private_kinds, &self.authenticated);
+                        Readers::new(&self.live.config.auth.private_kinds, &self.authenticated);
                 }
                 self.send_text(message::ok(&id, true, "")).await
             }
@@ -621,7 +709,8 @@ impl Session {
     }
 
     async fn on_req(&mut self, sub_id: String, filters: Vec<Filter>) -> Result<(), Exit> {
-        let limits = &self.shared.config.limits;
+        self.tally.reqs += 1;
+        let limits = &self.live.config.limits;
         let refusal = if sub_id.is_empty() {
             Some("invalid: subscription id must not be empty".to_owned())
         } else if sub_id.chars().count() > limits.max_subid_length {
@@ -659,7 +748,7 @@ impl Session {
             .subscribe(self.mailbox.clone(), filters.clone());
         self.next_generation += 1;
         let generation = self.next_generation;
-        let query_limits = self.shared.query_limits;
+        let query_limits = self.live.query_limits;
         let needs_query = filters
             .iter()
             .any(|f| query_limits.effective(f) > 0 && !f.is_unsatisfiable());
@@ -694,7 +783,7 @@ impl Session {
     fn spawn_query(&self, sub_id: String, generation: u64, filters: Arc<[Filter]>) -> AbortHandle {
         let store = self.shared.store.clone();
         let replies = self.replies.clone();
-        let query_limits = self.shared.query_limits;
+        let query_limits = self.live.query_limits;
         let readers = self.readers.clone();
         let in_flight = self.shared.counters.queries_in_flight.hold();
         tokio::spawn(async move {
@@ -720,7 +809,7 @@ impl Session {
         filters: Vec<Filter>,
         hll_offset: Option<u8>,
     ) -> Result<(), Exit> {
-        let limits = &self.shared.config.limits;
+        let limits = &self.live.config.limits;
         let refusal = if sub_id.is_empty() {
             Some("invalid: query id must not be empty".to_owned())
         } else if sub_id.chars().count() > limits.max_subid_length {
@@ -756,6 +845,7 @@ impl Session {
         let replies = self.replies.clone();
         let readers = self.readers.clone();
         let in_flight = self.shared.counters.queries_in_flight.hold();
+        let id = sub_id.clone();
         let task = tokio::spawn(async move {
             let _in_flight = in_flight;
             let result = store.count(filters.into(), readers, hll_offset).await;
@@ -766,7 +856,7 @@ impl Session {
             };
             let _ = replies.send(Reply::Counted(Box::new(reply))).await;
         });
-        self.counts.push((number, task.abort_handle()));
+        self.counts.push((number, id, task.abort_handle()));
         Ok(())
     }
 
@@ -775,7 +865,7 @@ impl Session {
     /// read of only private kinds by a connection that has not authenticated.
     /// `Err` when the client has kept going past its rate limits.
     fn read_refusal(&mut self, filters: &[Filter]) -> Result<Option<String>, Exit> {
-        let limits = &self.shared.config.limits;
+        let limits = &self.live.config.limits;
         let refusal = if let Some(reason) = query_cost_refusal(filters, limits) {
             Some(reason)
         } else if let Err(reason) = self.shared.rate_limits.allow_req(self.address) {
@@ -787,7 +877,7 @@ impl Session {
                 "rate-limited: at most {} queries may run at once on one connection; wait for one to finish",
                 self.max_queries()
             ))
-        } else if self.shared.config.auth.required_for_read && self.authenticated.is_empty() {
+        } else if self.live.config.auth.required_for_read && self.authenticated.is_empty() {
             Some("auth-required: this relay serves only authenticated clients".to_owned())
         } else if filters.iter().all(|f| self.readers.needs_auth_for(f)) {
             Some(if self.challenge.is_some() {
@@ -810,7 +900,7 @@ impl Session {
             number,
             result,
         } = reply;
-        self.counts.retain(|(n, _)| *n != number);
+        self.counts.retain(|(n, _, _)| *n != number);
         match result {
             Ok(counted) => {
                 let hll = counted.hll.as_ref().map(|r| r.to_hex());
@@ -832,7 +922,10 @@ impl Session {
 
     async fn on_reply(&mut self, reply: Reply) -> Result<(), Exit> {
         match reply {
-            Reply::Frame(frame) => self.send_text(frame).await,
+            Reply::Frame(frame) => {
+                self.events_pending = self.events_pending.saturating_sub(1);
+                self.send_text(frame).await
+            }
             Reply::Counted(counted) => self.on_counted(*counted).await,
             Reply::Stored(stored) => {
                 let StoredReply {
@@ -900,7 +993,7 @@ impl Session {
         }
         match &mut subscription.phase {
             Phase::Loading { buffer, .. } => {
-                if buffer.len() >= self.shared.config.network.send_queue_events {
+                if buffer.len() >= self.live.config.network.send_queue_events {
                     let name = name.clone();
                     self.close_subscription(&name);
                     let reason = "error: too many live events arrived while loading stored ones; subscribe again";
@@ -947,6 +1040,79 @@ impl Session {
     }
 }
 
+/// The connection's side of a reload (SIGHUP) and of a drain (SIGTERM).
+impl Session {
+    /// Takes the settings of the last reload, if there was one since the
+    /// previous turn; a new `auth.private_kinds` changes what this
+    /// connection may read at once.
+    fn refresh_live(&mut self) {
+        let current = self.shared.live.load();
+        if Arc::ptr_eq(&current, &self.live) {
+            return;
+        }
+        let current = arc_swap::Guard::into_inner(current);
+        if current.config.auth.private_kinds != self.live.config.auth.private_kinds {
+            self.readers = Readers::new(&current.config.auth.private_kinds, &self.authenticated);
+        }
+        self.live = current;
+    }
+
+    /// The relay is stopping. Within `network.shutdown_timeout_seconds`
+    /// (past it the connection is dropped): the messages the client sent
+    /// before the stop, already in the socket's buffer, are handled, so
+    /// that an EVENT among them is answered too; every subscription and
+    /// running COUNT ends with `CLOSED "error: shutting down"`, every
+    /// NIP-77 session with `NEG-ERR`; the `OK`s of the EVENTs still being
+    /// checked or committed are sent; then the close frame, 1001.
+    async fn drain(&mut self, stream: &mut Source, replies: &mut mpsc::Receiver<Reply>) -> Exit {
+        let grace = Duration::from_secs(self.live.config.network.shutdown_timeout_seconds);
+        match tokio::time::timeout(grace, self.drain_within(stream, replies)).await {
+            Ok(Ok(())) => Exit::Close(CloseCode::Away, "relay shutting down"),
+            Ok(Err(exit)) => exit,
+            Err(_) => Exit::Abandon,
+        }
+    }
+
+    async fn drain_within(
+        &mut self,
+        stream: &mut Source,
+        replies: &mut mpsc::Receiver<Reply>,
+    ) -> Result<(), Exit> {
+        // Only what is already there: never waits for the client.
+        while let Some(frame) = stream.next().now_or_never() {
+            self.on_frame(frame).await?;
+        }
+        const SHUTTING_DOWN: &str = "error: shutting down";
+        let ids: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for id in ids {
+            self.close_subscription(&id);
+            self.send_text(message::closed(&id, SHUTTING_DOWN)).await?;
+        }
+        for (_, id, count) in std::mem::take(&mut self.counts) {
+            count.abort();
+            self.send_text(message::closed(&id, SHUTTING_DOWN)).await?;
+        }
+        let negs: Vec<String> = self.neg_sessions.drain().map(|(id, _)| id).collect();
+        for id in negs {
+            let reason = "closed: the relay is shutting down";
+            self.send_text(message::neg_err(&id, reason, None)).await?;
+        }
+        self.flush().await?;
+        while self.events_pending > 0 {
+            match replies.recv().await {
+                Some(ok @ Reply::Frame(_)) => {
+                    self.on_reply(ok).await?;
+                    self.flush().await?;
+                }
+                // The answer of a query ended above.
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// NIP-77 negentropy: NEG-OPEN is read like a REQ without a limit (the same
 /// checks, in the same order), its records are read on a reader thread, and
 /// the session, kept here, then answers each NEG-MSG on a blocking thread
@@ -961,8 +1127,8 @@ impl Session {
         // NIP-77: "If a NEG-OPEN is issued for a currently open subscription
         // ID, the existing subscription is first closed."
         self.neg_sessions.remove(&sub_id);
-        let shared = self.shared.clone();
-        let config = &shared.config;
+        let live = self.live.clone();
+        let config = &live.config;
         let limits = &config.limits;
         let neg = &config.negentropy;
         let refusal = if !neg.enabled {
@@ -1019,8 +1185,8 @@ impl Session {
         let store = self.shared.store.clone();
         let replies = self.replies.clone();
         let readers = self.readers.clone();
-        let max_records = self.shared.config.negentropy.max_records;
-        let frame_size_limit = self.shared.config.negentropy.frame_size_limit;
+        let max_records = self.live.config.negentropy.max_records;
+        let frame_size_limit = self.live.config.negentropy.frame_size_limit;
         let in_flight = self.shared.counters.queries_in_flight.hold();
         tokio::spawn(async move {
             let _in_flight = in_flight;
@@ -1149,7 +1315,7 @@ impl Session {
 
     /// When the next open session falls idle, if any is open.
     fn neg_idle_deadline(&self) -> Option<tokio::time::Instant> {
-        let idle = Duration::from_secs(self.shared.config.negentropy.idle_seconds);
+        let idle = Duration::from_secs(self.live.config.negentropy.idle_seconds);
         self.neg_sessions
             .values()
             .filter_map(|s| match &s.phase {
@@ -1161,7 +1327,7 @@ impl Session {
 
     /// Closes the sessions without a NEG-MSG for `negentropy.idle_seconds`.
     async fn close_idle_neg_sessions(&mut self) -> Result<(), Exit> {
-        let seconds = self.shared.config.negentropy.idle_seconds;
+        let seconds = self.live.config.negentropy.idle_seconds;
         let now = tokio::time::Instant::now();
         let idle: Vec<String> = self
             .neg_sessions
@@ -1294,7 +1460,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.unsubscribe_all();
         // Counts nobody will read are not run (or stopped).
-        for (_, count) in self.counts.drain(..) {
+        for (_, _, count) in self.counts.drain(..) {
             count.abort();
         }
         self.shared.counters.queued_bytes.sub(self.unflushed_bytes);

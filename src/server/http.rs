@@ -1,7 +1,8 @@
 //! HTTP on the relay's port: the WebSocket upgrade on `/`, the NIP-11
 //! document for `Accept: application/nostr+json`, the NIP-86 management API
-//! for POSTs of `application/nostr+json+rpc`, a home page for browsers,
-//! CORS preflight, and 404 everywhere else.
+//! for POSTs of `application/nostr+json+rpc`, the relay's web page for
+//! browsers (and its files under `/assets/`), CORS preflight, and 404
+//! everywhere else.
 
 use crate::rate_limit::client_address;
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::{Shared, connection, info};
+use super::{Shared, connection, page};
 use crate::management;
 use crate::shutdown::Shutdown;
 
@@ -41,6 +42,21 @@ pub async fn handle(
             "too many connections, try again later\n",
         ));
     };
+    if let Some(response) = super::monitoring::answer(&request, &shared, peer, &shutdown) {
+        return Ok(response);
+    }
+    if shutdown.is_shutdown() {
+        // Draining: a request on a kept-alive connection is refused, and the
+        // connection closed, so the client comes back on a new one (which,
+        // during an upgrade with reuse_port, the new relay accepts).
+        return Ok(Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONNECTION, "close")
+            .header(header::RETRY_AFTER, "1")
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Body::from("shutting down, try again\n"))
+            .unwrap_or_default());
+    }
     if request.uri().path() == "/debug/counters" && peer.ip().is_loopback() {
         let in_use = shared.config.network.max_connections - shared.slots.available_permits();
         let body = shared
@@ -51,6 +67,9 @@ pub async fn handle(
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::new(Bytes::from(body)))
             .unwrap_or_default());
+    }
+    if let Some(response) = page::asset(&request) {
+        return Ok(response);
     }
     if request.uri().path() != "/" {
         return Ok(plain(StatusCode::NOT_FOUND, "not found\n"));
@@ -66,7 +85,7 @@ pub async fn handle(
         && shared.config.management.enabled
         && management::is_rpc(&request)
     {
-        let url = expected_relay_url(&shared.config.relay_url, &request);
+        let url = expected_relay_url(&shared.config.relay_url, shared.tls.is_some(), &request);
         let response = management::handle(request, &shared.management, &shared.access, url);
         return Ok(response.await);
     }
@@ -92,16 +111,9 @@ pub async fn handle(
             .unwrap_or_default();
         return Ok(response);
     }
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
     // NIP-86 may have renamed the relay: the page shows what NIP-11 shows.
-    let page = info::home_page(&shared.access.current().config, host);
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-        .body(Body::new(Bytes::from(page)))
-        .unwrap_or_default())
+    let nip11 = shared.access.current().relay_info();
+    Ok(page::home(&nip11, &shared.config.relay_url, &request))
 }
 
 fn is_websocket_upgrade(request: &Request<Incoming>) -> bool {
@@ -178,7 +190,7 @@ fn upgrade(
         }
     };
     let accept = derive_accept_key(key.as_bytes());
-    let relay_url = expected_relay_url(&shared.config.relay_url, &request);
+    let relay_url = expected_relay_url(&shared.config.relay_url, shared.tls.is_some(), &request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let _slot = slot;
@@ -188,7 +200,7 @@ fn upgrade(
                 let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(shared.websocket),
+                    Some(shared.live.load().websocket),
                 )
                 .await;
                 let peer = connection::Peer {
@@ -228,8 +240,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 /// The URL NIP-42 AUTH events must name on this connection: the configured
-/// `relay_url`, or else the one the client used, from its Host header.
-fn expected_relay_url<B>(configured: &str, request: &Request<B>) -> String {
+/// `relay_url`, or else the one the client used, from its Host header
+/// (`wss://` when the relay serves TLS itself).
+fn expected_relay_url<B>(configured: &str, tls: bool, request: &Request<B>) -> String {
     if !configured.is_empty() {
         return configured.to_owned();
     }
@@ -238,5 +251,31 @@ fn expected_relay_url<B>(configured: &str, request: &Request<B>) -> String {
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
         .unwrap_or_default();
-    format!("ws://{host}{}", request.uri().path())
+    let scheme = if tls { "wss" } else { "ws" };
+    format!("{scheme}://{host}{}", request.uri().path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_url_from_host_has_the_scheme_the_client_used() {
+        let request = Request::get("/inbox")
+            .header(header::HOST, "relay.example.com:4443")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            expected_relay_url("", false, &request),
+            "ws://relay.example.com:4443/inbox"
+        );
+        assert_eq!(
+            expected_relay_url("", true, &request),
+            "wss://relay.example.com:4443/inbox"
+        );
+        assert_eq!(
+            expected_relay_url("wss://relay.example.com", false, &request),
+            "wss://relay.example.com"
+        );
+    }
 }

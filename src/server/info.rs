@@ -1,4 +1,5 @@
-//! NIP-11 relay information document and the human-readable home page.
+//! NIP-11 relay information document (the web page for people is in
+//! `page.rs`).
 
 use serde_json::{Map, Value, json};
 
@@ -81,24 +82,4 @@ pub fn relay_info(config: &Config) -> Value {
     }
     doc.insert("limitation".into(), limitation);
     Value::Object(doc)
-}
-
-/// A short page for people who open the relay's address in a browser.
-pub fn home_page(config: &Config, host: Option<&str>) -> String {
-    let escape = |text: &str| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    let address = host.map_or_else(
-        || "this address".to_owned(),
-        |h| format!("wss://{}/", escape(h)),
-    );
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name}</title></head>\n<body>\n<h1>{name}</h1>\n<p>{description}</p>\n<p>This is a <a href=\"https://github.com/nostr-protocol/nips\">Nostr</a> relay. Add <code>{address}</code> to your Nostr client's relay list to use it.</p>\n<p>Relay information (NIP-11): request this page with <code>Accept: application/nostr+json</code>.</p>\n<p>Running nostr-relayd {version}.</p>\n</body></html>\n",
-        name = escape(&config.info.name),
-        description = escape(&config.info.description),
-        version = env!("CARGO_PKG_VERSION"),
-    )
 }

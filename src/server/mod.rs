@@ -1,4 +1,4 @@
-//! The network edge: the listener, HTTP (NIP-11, the home page, the
+//! The network edge: the listener, HTTP (NIP-11, the web page, the
 //! WebSocket upgrade) and one task per WebSocket connection. This is where
 //! the protocol, the store and the fan-out are wired together.
 
@@ -7,40 +7,47 @@ pub mod counters;
 mod http;
 pub mod info;
 mod listener;
+mod monitoring;
+mod page;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::access::{self, AccessControl};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::fanout::Fanout;
 use crate::ingest::Ingester;
 use crate::management::Management;
 use crate::policy::WritePolicy;
 use crate::rate_limit::RateLimits;
+use crate::reload::{Live, ReloadReport};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
-use crate::store::{self, QueryLimits, Store, StoreOptions};
+use crate::store::{self, Store, StoreOptions};
 use crate::worker_pool::WorkerPool;
 
 /// State every connection shares.
 pub struct Shared {
+    /// The configuration the relay started with. What a reload (SIGHUP)
+    /// changes is in [`Shared::live`]: read a reloadable setting there.
     pub config: Config,
+    /// The settings in force since the last reload, swapped whole; each
+    /// connection takes the new snapshot from its next message.
+    pub live: ArcSwap<Live>,
     pub store: Arc<Store>,
     pub fanout: Arc<Fanout>,
     pub ingester: Ingester,
-    pub query_limits: QueryLimits,
     /// The access lists in force, and the NIP-11 document they shape
     /// (NIP-86 may rename the relay at run time).
     pub access: Arc<AccessControl>,
     /// The NIP-86 management API's state.
     pub management: Management,
-    pub websocket: WebSocketConfig,
     pub counters: counters::Counters,
     /// Connection slots under `max_connections`.
     pub slots: Arc<tokio::sync::Semaphore>,
@@ -48,14 +55,34 @@ pub struct Shared {
     pub rate_limits: Arc<RateLimits>,
     /// Reverse proxies whose forwarding headers name the client.
     pub trusted_proxies: Vec<crate::access::Cidr>,
+    /// The TLS certificate in force when `tls_cert`/`tls_key` are set;
+    /// `None`: plain `ws://`.
+    pub tls: Option<Arc<tls::Tls>>,
+    /// Live figures for `/health` and `/stats.json`.
+    pub monitor: Arc<crate::metrics::Monitor>,
 }
 
 /// A relay that is running; drop it or call [`RunningRelay::shutdown`].
 pub struct RunningRelay {
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
+    /// The metrics listener's address, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// What a reload changes.
+    shared: Arc<Shared>,
     trigger: ShutdownTrigger,
-    task: JoinHandle<()>,
+    task: JoinHandle<Stopped>,
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every connection got its last answers and closed within
+    /// `network.shutdown_timeout_seconds`.
+    Clean,
+    /// Connections still open at the deadline were dropped (clients that
+    /// did not read, or did not answer the close).
+    Deadline,
 }
 
 /// Why the relay could not start.
@@ -71,11 +98,37 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl RunningRelay {
-    /// Stops accepting, closes every connection, lets the writer finish
-    /// what it was given, and waits for all of it.
-    pub async fn shutdown(self) {
+    /// Drains and stops: closes the listener at once (with `reuse_port`,
+    /// another relay on the port takes every new connection from then on),
+    /// answers new HTTP requests with 503, ends every subscription with
+    /// `CLOSED "error: shutting down"`, lets the EVENTs already received
+    /// get their `OK`, closes each WebSocket with 1001, lets the writer
+    /// finish its last commit, and waits for all of it, at most
+    /// `network.shutdown_timeout_seconds` for the connections.
+    pub async fn shutdown(self) -> Stopped {
         self.trigger.trigger();
-        let _ = self.task.await;
+        self.task.await.unwrap_or(Stopped::Deadline)
+    }
+
+    /// Puts a re-read relay.toml in force (what SIGHUP does): the live
+    /// keys (`reload::LIVE_KEYS`) take their new values, the others are
+    /// reported as needing a restart and keep theirs, and the TLS
+    /// certificate files are read again (`server::tls`). An invalid
+    /// configuration changes nothing and is returned as the error, naming
+    /// the key.
+    pub async fn reload(&self, new: Config) -> Result<ReloadReport, ConfigError> {
+        crate::reload::apply(&self.shared, new).await
+    }
+
+    /// Re-reads the TLS certificate and key files in force (certbot
+    /// renewals); new connections get the new pair, open ones keep theirs.
+    /// A pair that does not load is logged and the old one stays. Does
+    /// nothing on a plain `ws://` relay.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Waits until the relay stops by itself (it does not, unless shut down).
@@ -86,6 +139,11 @@ impl RunningRelay {
 
 /// Opens the store, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
+    // First: a bad certificate must stop the start before the database is
+    // opened or migrated.
+    let tls = tls::Tls::from_config(&config)
+        .map_err(|e| StartError(e.to_string()))?
+        .map(Arc::new);
     let fanout = Arc::new(Fanout::new());
     let options = StoreOptions {
         durability: config.storage.durability,
@@ -126,9 +184,16 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
     let addr = config
         .listen_addr()
         .map_err(|e| StartError(e.to_string()))?;
-    let listener = bind(addr).map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+    let listener = bind(addr, config.network.reuse_port)
+        .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
     let local_addr = listener
         .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    let metrics_listener = monitoring::bind(&config).await.map_err(StartError)?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
         .map_err(|e| StartError(e.to_string()))?;
     let checker_connections = (0..config.verify_threads())
         .map(|_| store::open_connection(&config.database, config.storage.durability, true))
@@ -141,7 +206,6 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         })?;
     let checkers =
         WorkerPool::start("check", checker_connections).map_err(|e| StartError(e.to_string()))?;
-    let max_message = config.limits.max_message_length;
     let shared = Arc::new(Shared {
         ingester: Ingester {
             store: store.clone(),
@@ -151,21 +215,9 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             access: access.clone(),
             plugin: crate::plugin::WritePlugin::start(&config.plugin),
         },
-        query_limits: QueryLimits {
-            default_limit: config.limits.default_limit,
-            max_limit: config.limits.max_limit,
-        },
+        live: ArcSwap::from_pointee(Live::new(config.clone())),
         management: Management::new(&config),
         access,
-        websocket: WebSocketConfig::default()
-            .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message))
-            // Initial read buffer: tungstenite reserves a frame's full length
-            // once it has read the header, so this only sizes the idle buffer
-            // (and the largest single read).
-            .read_buffer_size(1024)
-            .write_buffer_size(8192)
-            .max_write_buffer_size(max_message.saturating_mul(4).max(1 << 20)),
         counters: counters::Counters::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.network.max_connections)),
         rate_limits: Arc::new(RateLimits::new(&config.rate_limit)),
@@ -175,21 +227,31 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             .iter()
             .filter_map(|entry| crate::access::Cidr::parse(entry))
             .collect(),
+        tls,
+        monitor: Arc::new(crate::metrics::Monitor::new(config.database.clone())),
         config,
         store,
         fanout,
     });
     let (trigger, shutdown) = shutdown::channel();
-    tracing::info!(%local_addr, database = %shared.config.database.display(), "relay listening");
+    log_started(&shared.config, local_addr);
     if shared.config.auth.enabled && shared.config.relay_url.is_empty() {
         tracing::warn!(
             "relay_url is not set: NIP-42 AUTH and NIP-62 check relay URLs against each \
              request's Host header, which is wrong if a proxy rewrites it"
         );
     }
-    let task = tokio::spawn(run(listener, shared, shutdown));
+    let relay = run(listener, shared.clone(), shutdown.clone());
+    let task = tokio::spawn(monitoring::alongside(
+        relay,
+        metrics_listener,
+        shared.clone(),
+        shutdown,
+    ));
     Ok(RunningRelay {
         local_addr,
+        metrics_addr,
+        shared,
         trigger,
         task,
     })
@@ -199,38 +261,62 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
 /// 128 overflows when a few hundred clients reconnect at once.
 const LISTEN_BACKLOG: u32 = 1024;
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the listening socket; with `reuse_port`, other sockets (a new
+/// relay during an upgrade) may listen on the same address, and the kernel
+/// spreads new connections among them.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves until shutdown, then drains in order: connections, writer.
-async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
+/// Serves until shutdown, then drains in order: the listener (closed at
+/// once), connections (up to `network.shutdown_timeout_seconds`), writer.
+async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> Stopped {
     // Every connection and in-flight EVENT holds a clone of `done`; when the
     // last one is dropped, `all_done` yields None.
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let sweeper = tokio::spawn(sweep_expired(shared.clone(), shutdown.clone()));
     let watcher = tokio::spawn(access::watch(shared.access.clone(), shutdown.clone()));
     let forgetter = tokio::spawn(forget_idle_clients(shared.clone(), shutdown.clone()));
+    let retention =
+        crate::retention::spawn(shared.store.clone(), &shared.config, shutdown.clone());
     listener::accept_loop(listener, shared.clone(), shutdown, done).await;
-    if tokio::time::timeout(Duration::from_secs(10), all_done.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open 10 s after shutdown; stopping anyway");
-    }
+    let seconds = shared.live.load().config.network.shutdown_timeout_seconds;
+    let websockets = shared.counters.websockets.get();
+    tracing::info!(
+        websockets,
+        "draining: the listener is closed; waiting up to {seconds} s for open connections"
+    );
+    let stopped = match tokio::time::timeout(Duration::from_secs(seconds), all_done.recv()).await {
+        Ok(_) => Stopped::Clean,
+        Err(_) => {
+            tracing::warn!(
+                websockets = shared.counters.websockets.get(),
+                "connections still open {seconds} s after the stop; dropping them"
+            );
+            Stopped::Deadline
+        }
+    };
     sweeper.abort();
     watcher.abort();
     forgetter.abort();
+    if let Some(retention) = retention {
+        // It stops by itself at shutdown, between two batches.
+        retention.abort();
+    }
     let store = shared.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("relay stopped");
+    stopped
 }
 
 /// Lets the rate limiters forget clients that have gone quiet, so that their
@@ -275,4 +361,46 @@ async fn sweep_expired(shared: Arc<Shared>, mut shutdown: Shutdown) {
             tracing::debug!(removed, "purged expired events");
         }
     }
+}
+
+/// One line at start with what an operator checks first when the relay does
+/// not behave as expected: where it listens and stores, who may write and
+/// read, and the limits that refuse clients. `check-config` prints it all.
+fn log_started(config: &Config, local_addr: SocketAddr) {
+    let or_unset = |value: &str| {
+        if value.is_empty() {
+            "(unset)".to_owned()
+        } else {
+            value.to_owned()
+        }
+    };
+    // RUST_LOG, when set at start, wins over `log_level`.
+    let log_filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if crate::logging::filter_from_env() => directives,
+        _ => config.log_level.clone(),
+    };
+    tracing::info!(
+        version = crate::VERSION,
+        listen = %local_addr,
+        tls = !config.tls_cert.as_os_str().is_empty(),
+        database = %config.database.display(),
+        relay_url = %or_unset(&config.relay_url),
+        auth = config.auth.enabled,
+        auth_required_for_write = config.auth.required_for_write,
+        auth_required_for_read = config.auth.required_for_read,
+        // relay.toml's seed of the allow list; NIP-86 may add to it.
+        allowed_pubkeys = config.access.allowed_pubkeys.len(),
+        max_connections = config.network.max_connections,
+        max_message_length = config.limits.max_message_length,
+        rate_limit = config.rate_limit.enabled,
+        max_database_bytes = config.storage.max_database_bytes,
+        durability = ?config.storage.durability,
+        plugin = %or_unset(&config.plugin.command),
+        retention_rules = config.retention.rules.len(),
+        retention_max_database_mb = config.retention.max_database_mb,
+        metrics = config.metrics.enabled,
+        metrics_listen = %or_unset(&config.metrics.listen),
+        log_filter = %log_filter,
+        "relay listening"
+    );
 }

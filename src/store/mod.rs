@@ -6,12 +6,16 @@
 
 mod checkpoint;
 pub mod count;
+pub mod export;
 pub mod lists;
 pub mod negentropy;
+pub mod maintenance;
 pub mod query;
+pub mod retention;
 pub mod schema;
 pub mod search;
 mod sql;
+pub mod stats;
 pub mod writer;
 
 use crate::privacy::Readers;
@@ -23,7 +27,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::config::Durability;
-use crate::nostr::{CanonicalEvent, Event, Filter};
+use crate::nostr::{CanonicalEvent, Event, Filter, KindClass};
 use crate::worker_pool::WorkerPool;
 pub use count::CountResult;
 pub use query::{QueryLimits, QueryResult};
@@ -33,8 +37,10 @@ pub use writer::{CommitHook, Committed};
 /// What became of an event handed to the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Committed with this sequence number.
-    Stored { seq: u64 },
+    /// Committed with this sequence number. `removed`: the stored events
+    /// this one removed (the older version it replaced, or what its NIP-09
+    /// deletion or NIP-62 request deleted), which `import` reports.
+    Stored { seq: u64, removed: u64 },
     /// An event with this id is already stored.
     Duplicate,
     /// A NIP-09 deletion by an entitled pubkey forbids it.
@@ -172,11 +178,23 @@ impl Store {
 
     /// Hands an event to the writer and waits for the commit.
     pub async fn insert(&self, event: Arc<CanonicalEvent>) -> Result<WriteOutcome, StoreError> {
+        let outcome = self.insert_queued(event)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Hands an event to the writer without waiting: the receiver gets the
+    /// outcome once its commit returned (`blocking_recv` outside async
+    /// code). A bulk writer (`nostr-relayd import`) keeps thousands queued,
+    /// so that the writer commits them in groups of `max_write_batch`.
+    pub fn insert_queued(
+        &self,
+        event: Arc<CanonicalEvent>,
+    ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.writer
             .send(WriteJob::Insert { event, reply })
             .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        Ok(outcome)
     }
 
     /// Answers a REQ's filters within the query time budget.
@@ -186,14 +204,42 @@ impl Store {
         readers: Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
-        let deadline = Instant::now() + self.query_timeout;
-        self.readers
+        let started = Instant::now();
+        let shape = crate::metrics::QueryShape::of_req(&filters);
+        let deadline = started + self.query_timeout;
+        let result = self
+            .readers
             .run(move |conn| {
                 query::run(conn, &filters, &readers, limits, unix_now(), deadline)
                     .map_err(StoreError::from)
             })
             .await
-            .map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)?;
+        crate::metrics::global().query_finished(shape, started.elapsed());
+        result
+    }
+
+    /// Events stored per kind class, from the counts the database keeps
+    /// (`stats`), never by counting rows. Also the relay's health probe:
+    /// an answer proves a reader can read the database.
+    pub async fn stored_by_class(&self) -> Result<Vec<(KindClass, u64)>, StoreError> {
+        let counts = self
+            .readers
+            .run(|conn| stats::stored_by_kind(conn).map_err(StoreError::from))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        Ok(counts
+            .into_iter()
+            .map(|(kind, n)| (KindClass::of(kind), n))
+            .collect())
+    }
+
+    /// Whether the writer thread still runs (false once closed).
+    pub fn writer_alive(&self) -> bool {
+        self.writer_thread
+            .lock()
+            .map(|handle| handle.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false)
     }
 
     /// NIP-77: the `(created_at, id)` records `filter` gives this reader,
@@ -253,6 +299,20 @@ impl Store {
                 batch,
                 reply,
             })
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes one bounded batch for retention (`retention.rs`) on the
+    /// writer thread, in its own short transaction, so that the relay's
+    /// writes go on between batches.
+    pub async fn prune(
+        &self,
+        job: retention::PruneJob,
+    ) -> Result<retention::Pruned, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer
+            .send(WriteJob::Prune { job, reply })
             .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
     }

@@ -52,7 +52,7 @@ pub struct QueryResult {
 
 /// One index range of a filter: the leading key values of its index.
 #[derive(Debug, Clone)]
-enum RangeKey {
+pub(super) enum RangeKey {
     Id([u8; 32]),
     AuthorKind([u8; 32], u16),
     Tag(char, String),
@@ -72,7 +72,10 @@ pub(super) struct Covered {
 }
 
 /// Splits a filter into ranges, choosing the most selective index.
-fn plan(conn: &Connection, filter: &Filter) -> rusqlite::Result<(Vec<RangeKey>, Covered)> {
+pub(super) fn plan(
+    conn: &Connection,
+    filter: &Filter,
+) -> rusqlite::Result<(Vec<RangeKey>, Covered)> {
     let mut covered = Covered::default();
     if let Some(ids) = &filter.ids {
         covered.ids = true;
@@ -178,16 +181,27 @@ impl Sql {
 /// limited. Time bounds and the limit are its last three parameters so that
 /// the tie query can reuse it.
 fn range_sql(key: &RangeKey, filter: &Filter, covered: Covered, now: i64) -> Sql {
-    range_sql_selecting(key, filter, covered, now, "")
+    range_sql_selecting(key, filter, covered, now, "", Order::NewestFirst)
 }
 
-/// [`range_sql`] with `extra` columns selected after seq and created_at.
-fn range_sql_selecting(
+/// Which way events are read by `created_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// NIP-01's order: newest first, ties by lowest id.
+    NewestFirst,
+    /// The exact reverse (`nostr-relayd export --oldest-first`).
+    OldestFirst,
+}
+
+/// [`range_sql`] with `extra` columns selected after seq and created_at,
+/// read in `order`.
+pub(super) fn range_sql_selecting(
     key: &RangeKey,
     filter: &Filter,
     covered: Covered,
     now: i64,
     extra: &str,
+    order: Order,
 ) -> Sql {
     let mut sql = Sql::new();
     // A tag range reads only the tag table: its rows carry kind, created_at,
@@ -232,8 +246,13 @@ fn range_sql_selecting(
     ));
     sql.text.push_str(&conditions.join(" AND "));
     let limit = sql.param(0i64);
-    sql.text
-        .push_str(&format!(" ORDER BY {row}.created_at DESC LIMIT {limit}"));
+    let direction = match order {
+        Order::NewestFirst => "DESC",
+        Order::OldestFirst => "ASC",
+    };
+    sql.text.push_str(&format!(
+        " ORDER BY {row}.created_at {direction} LIMIT {limit}"
+    ));
     sql
 }
 
@@ -373,8 +392,14 @@ fn scan_for_authors(
     };
     let mut found = Vec::new();
     for kind in kinds {
-        let mut sql =
-            range_sql_selecting(&RangeKey::Kind(*kind), filter, covered, now, ", e.pubkey");
+        let mut sql = range_sql_selecting(
+            &RangeKey::Kind(*kind),
+            filter,
+            covered,
+            now,
+            ", e.pubkey",
+            Order::NewestFirst,
+        );
         let count = sql.params.len();
         sql.params[count - 1] = Box::new(-1i64);
         let mut stmt = conn.prepare_cached(&sql.text)?;

@@ -47,6 +47,12 @@ pub enum WriteJob {
         kinds: Vec<u16>,
         reply: oneshot::Sender<Result<Option<usize>, StoreError>>,
     },
+    /// Deletes one bounded batch that a retention rule or the size cap
+    /// selects (`store/retention.rs`).
+    Prune {
+        job: super::retention::PruneJob,
+        reply: oneshot::Sender<Result<super::retention::Pruned, StoreError>>,
+    },
     /// Finish what is queued before this job, then stop.
     Stop,
 }
@@ -81,10 +87,16 @@ pub fn run(
                     let outcome = super::search::configure(&mut conn, &kinds);
                     let _ = reply.send(outcome.map_err(StoreError::from));
                 }
+                WriteJob::Prune { job, reply } => {
+                    let _ = reply.send(super::retention::prune(&mut conn, &job));
+                    // Wake the checkpointer: a pass deletes many pages.
+                    let _ = committed.try_send(());
+                }
                 WriteJob::Stop => stopping = true,
             }
         }
         if !inserts.is_empty() {
+            crate::metrics::global().write_batch(inserts.len());
             // A bug must not kill the only writer: a panicking batch is rolled
             // back (the transaction's Drop), its callers get an error, and the
             // thread goes on with the next batch.
@@ -118,7 +130,7 @@ fn commit_inserts(conn: &mut Connection, inserts: Vec<Insert>, on_commit: &Commi
                 .iter()
                 .zip(&outcomes)
                 .filter_map(|((event, _), outcome)| match outcome {
-                    Ok(WriteOutcome::Stored { seq }) => Some(Committed {
+                    Ok(WriteOutcome::Stored { seq, .. }) => Some(Committed {
                         seq: *seq,
                         event: event.clone(),
                     }),
@@ -226,6 +238,9 @@ fn apply_event(
     if has_vanished(tx, event)? {
         return Ok(WriteOutcome::Vanished);
     }
+    // Events this insert removes: the version it replaces, or what its
+    // deletion or request to vanish deletes (reported to `import`).
+    let mut removed = 0;
     let d_tag = event.address_d();
     if let Some(d) = d_tag {
         if is_address_deleted(tx, event, d)? {
@@ -248,6 +263,7 @@ fn apply_event(
                 return Ok(WriteOutcome::Superseded);
             }
             delete_event(tx, seq)?;
+            removed += 1;
         }
     }
     let expires_at = event.expiration().ok().flatten();
@@ -289,22 +305,27 @@ fn apply_event(
         super::search::index_event(tx, seq, event)?;
     }
     if event.kind == kind::DELETION {
-        apply_deletion(tx, event)?;
+        removed += apply_deletion(tx, event)?;
     }
     if event.kind == kind::REQUEST_TO_VANISH {
-        apply_vanish(tx, event, seq)?;
+        removed += apply_vanish(tx, event, seq)?;
     }
     if event.kind == kind::REPORT {
         super::lists::record_report(tx, event)?;
     }
     // Cannot be negative: seq is an AUTOINCREMENT rowid, which starts at 1.
-    Ok(WriteOutcome::Stored { seq: seq as u64 })
+    Ok(WriteOutcome::Stored {
+        seq: seq as u64,
+        removed,
+    })
 }
 
 /// NIP-09: removes what a kind-5 event asks to remove, and records it so that
-/// the targets are refused if they arrive later.
-fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
+/// the targets are refused if they arrive later. Returns how many stored
+/// events it deleted.
+fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<u64> {
     let deleter = &deletion.pubkey[..];
+    let mut removed = 0;
     for target in deletion.tag_values("e").filter_map(decode_lower::<32>) {
         tx.prepare_cached("INSERT OR IGNORE INTO deletion (event_id, deleter) VALUES (?1, ?2)")?
             .execute(params![&target[..], deleter])?;
@@ -321,6 +342,7 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
                 });
             if entitled {
                 delete_event(tx, seq)?;
+                removed += 1;
             }
         }
     }
@@ -356,17 +378,19 @@ fn apply_deletion(tx: &Connection, deletion: &Event) -> rusqlite::Result<()> {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for seq in seqs {
             delete_event(tx, seq)?;
+            removed += 1;
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// NIP-62: deletes everything the requester published up to the request
 /// (NIP-09 deletions included; the request itself stays as the record that
 /// refuses them later), and every gift wrap addressed to it, whose ids are
 /// tombstoned: wraps are back-dated, so a later wrap to this pubkey must
-/// still be accepted, but not these ones again.
-fn apply_vanish(tx: &Connection, request: &Event, request_seq: i64) -> rusqlite::Result<()> {
+/// still be accepted, but not these ones again. Returns how many stored
+/// events it deleted.
+fn apply_vanish(tx: &Connection, request: &Event, request_seq: i64) -> rusqlite::Result<u64> {
     let pubkey = &request.pubkey[..];
     let own: Vec<i64> = tx
         .prepare_cached(
@@ -377,6 +401,7 @@ fn apply_vanish(tx: &Connection, request: &Event, request_seq: i64) -> rusqlite:
             row.get(0)
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let mut removed = own.len() as u64;
     for seq in own {
         delete_event(tx, seq)?;
     }
@@ -389,12 +414,13 @@ fn apply_vanish(tx: &Connection, request: &Event, request_seq: i64) -> rusqlite:
             Ok((row.get(0)?, row.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
+    removed += wraps.len() as u64;
     for (seq, id) in wraps {
         tx.prepare_cached("INSERT OR IGNORE INTO deletion (event_id, deleter) VALUES (?1, ?2)")?
             .execute(params![id, pubkey])?;
         delete_event(tx, seq)?;
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Deletes an event, its tag rows and its NIP-50 index entry. The tag table

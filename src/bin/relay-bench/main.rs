@@ -12,7 +12,9 @@
 //! * `count`: NIP-45 COUNT latency of follower and reaction counts (the
 //!   relay must support NIP-45);
 //! * `neg`: NIP-77 negentropy sync against a full download of the same set
-//!   (the one scenario beyond NIP-01: the relay must support NIP-77).
+//!   (the one scenario beyond NIP-01: the relay must support NIP-77);
+//! * `corpus`: no relay; the corpus as JSON lines in a file, for
+//!   `nostr-relayd import` and other relays' import tools.
 //!
 //! Events come from the crate's deterministic corpus (`--seed`, `--authors`,
 //! `--now`) and are signed before any clock starts, so the client's signing
@@ -22,6 +24,7 @@
 
 mod client;
 mod connections;
+mod corpus;
 mod count;
 mod fanout;
 mod ingest;
@@ -123,6 +126,9 @@ enum Scenario {
     Count(count::CountArgs),
     /// NIP-77 sync of the stored set with a small difference, against downloading it all by REQ.
     Neg(neg::NegArgs),
+    /// Write N corpus events as JSON lines to a file (for `nostr-relayd import`,
+    /// `strfry import`, …); no relay is contacted.
+    Corpus(corpus::CorpusArgs),
 }
 
 /// What a scenario found.
@@ -176,6 +182,7 @@ fn main() -> ExitCode {
             Scenario::Search(args) => search::run(&common, args).await,
             Scenario::Count(args) => count::run(&common, args).await,
             Scenario::Neg(args) => neg::run(&common, args).await,
+            Scenario::Corpus(args) => corpus::run(&common, args).await,
         }
     });
     // Tasks still blocked on a dead socket must not hold the exit.
