@@ -73,7 +73,7 @@ impl Default for Retention {
             exempt_pubkeys: Vec::new(),
             max_database_mb: 0,
             interval_seconds: 600,
-            batch_size: 500,
+            batch_size: 100,
             rules: Vec::new(),
         }
     }

@@ -516,6 +516,8 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
     let stored = sql::stored_kinds(conn)?;
     let governed = policy.governed(&stored);
     let mut rules = Vec::with_capacity(policy.rules.len());
+    // JSON bytes of what the rules take: the size cap's starting point.
+    let mut ruled_json = 0;
     for (rule, kinds) in policy.rules.iter().zip(governed) {
         let mut span = Span::default();
         // The age pass runs first: the per-author pass then only sees
@@ -524,7 +526,9 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
             Some(age) => {
                 let before = now.saturating_sub(age as i64);
                 for &kind in &kinds {
-                    span.merge(sql::older_than(conn, kind, before, &policy.exempt)?);
+                    let (aged, json) = sql::older_than(conn, kind, before, &policy.exempt)?;
+                    span.merge(aged);
+                    ruled_json += json;
                 }
                 before
             }
@@ -532,40 +536,15 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
         };
         if let (Some(keep), false) = (rule.max_per_author, kinds.is_empty()) {
             for author in sql::authors_beyond(conn, &kinds, keep, since, &policy.exempt)? {
-                span.merge(sql::beyond_newest_of(conn, &author, &kinds, keep, since)?);
+                let (surplus, json) = sql::beyond_newest_of(conn, &author, &kinds, keep, since)?;
+                span.merge(surplus);
+                ruled_json += json;
             }
         }
         rules.push((rule.clone(), span));
     }
     let size_cap = if policy.size_cap > 0 {
-        let used = sql::used_bytes(conn)?;
-        let events = sql::event_count(conn)?.max(1);
-        let per_event = (used / events).max(1);
-        let pruned: u64 = rules.iter().map(|(_, span)| span.count).sum();
-        let used_before = used.saturating_sub(pruned * per_event);
-        let excess = used_before.saturating_sub(policy.size_cap);
-        let wanted = excess.div_ceil(per_event);
-        // Events an age rule takes are not counted twice (per-author
-        // rules are not simulated: this is an estimate).
-        let aged = |kind: u16, created_at: i64| {
-            policy.rule_for(kind).is_some_and(|index| {
-                policy.rules[index]
-                    .max_age
-                    .is_some_and(|age| created_at < now.saturating_sub(age as i64))
-            })
-        };
-        let evicted = if wanted > 0 {
-            sql::oldest_evictable(conn, wanted, &policy.exempt, aged)?
-        } else {
-            Span::default()
-        };
-        Some(CapReport {
-            cap: policy.size_cap,
-            used_before,
-            used_after: used_before.saturating_sub(evicted.count * per_event),
-            evicted,
-            nothing_left: evicted.count < wanted,
-        })
+        Some(estimate_eviction(conn, policy, now, ruled_json)?)
     } else {
         None
     };
@@ -574,6 +553,45 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
         rules,
         size_cap,
         elapsed: started.elapsed(),
+    })
+}
+
+/// The size cap's part of a dry run. Each event is taken to hold its
+/// JSON's share of the pages in use (indexes, tags and search entries grow
+/// with the text too), so that a follow list of 300 keys weighs what it
+/// does, not an average.
+fn estimate_eviction(
+    conn: &Connection,
+    policy: &Policy,
+    now: i64,
+    ruled_json: u64,
+) -> rusqlite::Result<CapReport> {
+    let used = sql::used_bytes(conn)?;
+    let page_bytes_per_json_byte = used as f64 / sql::json_bytes(conn)?.max(1) as f64;
+    let pages_of = |json: u64| (json as f64 * page_bytes_per_json_byte) as u64;
+    let used_before = used.saturating_sub(pages_of(ruled_json));
+    let excess = used_before.saturating_sub(policy.size_cap);
+    let json_wanted = (excess as f64 / page_bytes_per_json_byte).ceil() as u64;
+    // Events an age rule takes are not counted twice (per-author rules
+    // are not simulated here: this is an estimate).
+    let aged = |kind: u16, created_at: i64| {
+        policy.rule_for(kind).is_some_and(|index| {
+            policy.rules[index]
+                .max_age
+                .is_some_and(|age| created_at < now.saturating_sub(age as i64))
+        })
+    };
+    let (evicted, json_taken) = if excess > 0 {
+        sql::oldest_evictable(conn, json_wanted, &policy.exempt, aged)?
+    } else {
+        (Span::default(), 0)
+    };
+    Ok(CapReport {
+        cap: policy.size_cap,
+        used_before,
+        used_after: used_before.saturating_sub(pages_of(json_taken)),
+        evicted,
+        nothing_left: json_taken < json_wanted,
     })
 }
 

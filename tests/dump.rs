@@ -847,3 +847,33 @@ async fn an_import_beside_a_running_relay_is_served_but_not_fanned_out() {
     assert!(export.success(), "{}", export.stderr);
     assert_eq!(export.events().len(), 520, "{}", export.stderr);
 }
+
+/// A database that cannot grow ends the import with status 1; what was
+/// committed before stays, and the summary counts exactly that.
+#[test]
+fn a_full_database_ends_the_import_with_an_error() {
+    let database = Database::new("[storage]\nmax_database_bytes = 1048576\n");
+    let alice = Keys::generate();
+    let filler = "x".repeat(4000);
+    let events: Vec<Event> = (0..1000)
+        .map(|i| event(&alice, 1, &format!("{i} {filler}"), &[], ago(2000 - i)))
+        .collect();
+    let run = database.import(&jsonl(&events), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("error: storing events: the relay's storage is full"),
+        "{}",
+        run.stderr
+    );
+    let stored: usize = run
+        .summary()
+        .split("stored ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", run.summary()));
+    // A batch SQLite cannot fit is rolled back whole (never half-stored).
+    assert!(stored < 1000, "{}", run.summary());
+    assert_eq!(database.export(&[]).events().len(), stored);
+}

@@ -348,7 +348,7 @@ async fn prune_keeps_the_newest_per_author_and_a_dry_run_counts_exactly_what_it_
     let config = write_config(
         dir.path(),
         &format!(
-            "[retention]\nexempt_pubkeys = [\"{}\"]\nrules = [\n  \
+            "[retention]\nexempt_pubkeys = [\"{}\"]\nmax_database_mb = 64\nrules = [\n  \
              {{ kinds = [7], max_per_author = 3 }},\n  \
              {{ kinds = [\"0-100\"], max_age = \"30d\" }},\n]\n",
             owner.public_key().to_hex()
@@ -358,6 +358,8 @@ async fn prune_keeps_the_newest_per_author_and_a_dry_run_counts_exactly_what_it_
     let dry = stdout(&relayd(&config, &db, &["prune", "--dry-run"]));
     assert_eq!(rule_counts(&dry, "would prune"), vec![3, 5], "{dry}");
     assert!(dry.contains("total: would prune 8 events"), "{dry}");
+    assert!(dry.contains("size cap 64.0 MiB: about "), "{dry}");
+    assert!(dry.contains("nothing to evict"), "{dry}");
     assert_eq!(stored_ids(&db), before, "a dry run deletes nothing");
 
     // The real run, beside the running relay.
@@ -698,7 +700,8 @@ async fn the_commands_refuse_what_they_cannot_do() {
 /// background task while a client publishes, with that client's publish
 /// latency before and during the prune. Run by hand, in release:
 /// `cargo test --release --test retention -- --ignored --nocapture`
-/// (`RETENTION_BATCH_SIZE=100` to try another batch size).
+/// (`RETENTION_BATCH_SIZE=500` to try another batch size,
+/// `RETENTION_VIA=cli` for `nostr-relayd prune` beside the relay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement (minutes in debug builds); run by hand in release"]
 async fn measure_a_prune_of_100k_events_while_a_client_publishes() {
@@ -746,16 +749,33 @@ async fn measure_a_prune_of_100k_events_while_a_client_publishes() {
         filled.elapsed().as_secs_f64()
     );
 
-    // Every kind the corpus has, older than a day: all of it goes.
+    // Every kind the corpus has, older than a day: all of it goes, by the
+    // relay's own task, or with RETENTION_VIA=cli by `prune` (the command's
+    // code, with its own connection, as from another process).
+    let mut retention = nostr_relayd::config::Retention {
+        interval_seconds: 3,
+        rules: vec![rule(vec![KindSelector::Text("0-65535".into())], "1d", 0)],
+        ..Default::default()
+    };
+    if let Ok(batch) = std::env::var("RETENTION_BATCH_SIZE") {
+        retention.batch_size = batch.parse().unwrap();
+    }
+    let via_cli = std::env::var("RETENTION_VIA").is_ok_and(|via| via == "cli");
     let relay = TestRelay::start_with(|c| {
         c.database = db.clone();
-        c.retention.interval_seconds = 3;
-        if let Ok(batch) = std::env::var("RETENTION_BATCH_SIZE") {
-            c.retention.batch_size = batch.parse().unwrap();
+        if !via_cli {
+            c.retention = retention.clone();
         }
-        c.retention.rules = vec![rule(vec![KindSelector::Text("0-65535".into())], "1d", 0)];
     })
     .await;
+    let command = via_cli.then(|| {
+        let mut config = relay.config.clone();
+        config.retention = retention;
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            nostr_relayd::retention::prune_command(&config, false).unwrap()
+        })
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let latencies: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
     let publisher = {
@@ -828,4 +848,7 @@ async fn measure_a_prune_of_100k_events_while_a_client_publishes() {
     );
     summary("during the prune", true);
     summary("outside it", false);
+    if let Some(command) = command {
+        print!("prune's report: {}", command.await.unwrap());
+    }
 }

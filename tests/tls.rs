@@ -392,6 +392,44 @@ async fn a_reloaded_certificate_is_served_to_new_connections() {
     relay.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_reload_with_new_paths_serves_the_new_files() {
+    let first = self_signed("first", 1);
+    let files = Files::new(&first);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    files.configure(&mut config);
+    let relay = nostr_relayd::start(config.clone()).await.unwrap();
+    let second = self_signed("second", 2);
+    let elsewhere = Files::new(&second);
+    let both = trusting(&[&first.der, &second.der]);
+    let mut old = wss(relay.local_addr, both.clone()).await;
+
+    // relay.toml now names other files (what SIGHUP applies).
+    elsewhere.configure(&mut config);
+    let report = relay.reload(config.clone()).await.unwrap();
+    assert_eq!(report.tls_error, None);
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert_eq!(
+        presented(&wss(relay.local_addr, both.clone()).await).0,
+        second.der
+    );
+
+    // Turning TLS off is not done at run time: still TLS, the files in force.
+    config.tls_cert = PathBuf::new();
+    config.tls_key = PathBuf::new();
+    let report = relay.reload(config).await.unwrap();
+    assert!(
+        report.needs_restart.contains(&"tls_cert".to_owned()),
+        "{report:?}"
+    );
+    let mut new = wss(relay.local_addr, both).await;
+    assert_eq!(presented(&new).0, second.der);
+    new.assert_healthy().await;
+    old.assert_healthy().await;
+    relay.shutdown().await;
+}
+
 /// The relay binary's log, collected line by line from its stderr.
 struct Log(Arc<Mutex<Vec<String>>>);
 

@@ -282,7 +282,10 @@ pub fn run(config: &Config, args: &ImportArgs) -> ExitCode {
         summary: Summary::default(),
         in_flight: VecDeque::with_capacity(IN_FLIGHT + CHUNK),
     };
-    let outcome = importer.read_all(BufReader::with_capacity(1 << 20, input));
+    let read = importer.read_all(BufReader::with_capacity(1 << 20, input));
+    // Whatever stopped the reading, what was queued is committed (or
+    // failed) and counted.
+    let outcome = read.and(importer.settle_all());
     let summary = importer.summary;
     progress.finish();
     store.close();
@@ -411,13 +414,22 @@ impl Importer<'_> {
                 self.progress.update(bytes, &self.summary);
             }
             if end {
-                break;
+                return Ok(());
             }
         }
+    }
+
+    /// Waits for every queued event; the first failure is returned after
+    /// all are counted.
+    fn settle_all(&mut self) -> Result<(), String> {
+        let mut outcome = Ok(());
         while let Some(pending) = self.in_flight.pop_front() {
-            self.settle(pending)?;
+            let settled = self.settle(pending);
+            if outcome.is_ok() {
+                outcome = settled;
+            }
         }
-        Ok(())
+        outcome
     }
 
     /// Checks a chunk on every core, then queues its events in file order.

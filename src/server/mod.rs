@@ -287,8 +287,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> 
     let sweeper = tokio::spawn(sweep_expired(shared.clone(), shutdown.clone()));
     let watcher = tokio::spawn(access::watch(shared.access.clone(), shutdown.clone()));
     let forgetter = tokio::spawn(forget_idle_clients(shared.clone(), shutdown.clone()));
-    let retention =
-        crate::retention::spawn(shared.store.clone(), &shared.config, shutdown.clone());
+    let retention = crate::retention::spawn(shared.store.clone(), &shared.config, shutdown.clone());
     listener::accept_loop(listener, shared.clone(), shutdown, done).await;
     let seconds = shared.live.load().config.network.shutdown_timeout_seconds;
     let websockets = shared.counters.websockets.get();

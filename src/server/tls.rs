@@ -105,8 +105,9 @@ impl Tls {
     /// pair to new connections. A pair that does not load (half-written,
     /// mismatched, unreadable) is logged as an error and the old one stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let files = self.lock_files();
-        let files = files.clone();
+        // The guard is dropped at the end of this statement: reload_from
+        // takes the lock again.
+        let files = self.lock_files().clone();
         self.reload_from(files)
     }
 
@@ -283,11 +284,8 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
             "tls_cert: {cert_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         )));
     };
-    let summary = Summary::of(leaf).ok_or_else(|| {
-        TlsError(format!(
-            "tls_cert: {cert_file}: the first certificate is not a valid X.509 certificate"
-        ))
-    })?;
+    // Only for the log: rustls below is the judge of the certificate.
+    let summary = Summary::of(leaf).unwrap_or_default();
     let key_pem = std::fs::read(&files.key)
         .map_err(|e| TlsError(format!("tls_key: cannot read {key_file}: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
@@ -319,7 +317,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
 
 /// What the log says about a certificate, so that an operator sees which
 /// one is served and when it runs out.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Summary {
     /// The subject's common name (empty if it has none).
     subject: String,

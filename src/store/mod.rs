@@ -8,8 +8,8 @@ mod checkpoint;
 pub mod count;
 pub mod export;
 pub mod lists;
-pub mod negentropy;
 pub mod maintenance;
+pub mod negentropy;
 pub mod query;
 pub mod retention;
 pub mod schema;
@@ -27,7 +27,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::config::Durability;
-use crate::nostr::{CanonicalEvent, Event, Filter, KindClass};
+use crate::nostr::{CanonicalEvent, Event, Filter};
 use crate::worker_pool::WorkerPool;
 pub use count::CountResult;
 pub use query::{QueryLimits, QueryResult};
@@ -219,19 +219,14 @@ impl Store {
         result
     }
 
-    /// Events stored per kind class, from the counts the database keeps
-    /// (`stats`), never by counting rows. Also the relay's health probe:
-    /// an answer proves a reader can read the database.
-    pub async fn stored_by_class(&self) -> Result<Vec<(KindClass, u64)>, StoreError> {
-        let counts = self
-            .readers
-            .run(|conn| stats::stored_by_kind(conn).map_err(StoreError::from))
+    /// Events stored per kind class (`stats::CLASSES` order), from the
+    /// counts the database keeps, never by counting rows. Also the relay's
+    /// health probe: an answer proves a reader can read the database.
+    pub async fn stored_by_class(&self) -> Result<[u64; 4], StoreError> {
+        self.readers
+            .run(|conn| stats::stored_by_class(conn).map_err(StoreError::from))
             .await
-            .map_err(|_| StoreError::Closed)??;
-        Ok(counts
-            .into_iter()
-            .map(|(kind, n)| (KindClass::of(kind), n))
-            .collect())
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// Whether the writer thread still runs (false once closed).
@@ -306,10 +301,7 @@ impl Store {
     /// Deletes one bounded batch for retention (`retention.rs`) on the
     /// writer thread, in its own short transaction, so that the relay's
     /// writes go on between batches.
-    pub async fn prune(
-        &self,
-        job: retention::PruneJob,
-    ) -> Result<retention::Pruned, StoreError> {
+    pub async fn prune(&self, job: retention::PruneJob) -> Result<retention::Pruned, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.writer
             .send(WriteJob::Prune { job, reply })

@@ -282,18 +282,20 @@ pub fn stored_kinds(conn: &Connection) -> rusqlite::Result<Vec<u16>> {
     super::query::stored_kinds(conn)
 }
 
-/// What [`Doomed::OlderThan`] would delete of `kind`, all batches together.
+/// What [`Doomed::OlderThan`] would delete of `kind`, all batches
+/// together, and the bytes of its JSON (a dry run's measure of size).
 pub fn older_than(
     conn: &Connection,
     kind: u16,
     before: i64,
     exempt: &[[u8; 32]],
-) -> rusqlite::Result<Span> {
+) -> rusqlite::Result<(Span, u64)> {
     conn.prepare_cached(
-        "SELECT count(*), min(created_at), max(created_at) FROM event INDEXED BY event_kind_time
+        "SELECT count(*), min(created_at), max(created_at), total(octet_length(json))
+         FROM event INDEXED BY event_kind_time
          WHERE kind = ?1 AND created_at < ?2 AND pubkey NOT IN rarray(?3)",
     )?
-    .query_row(params![kind, before, blob_list(exempt)], span_of)
+    .query_row(params![kind, before, blob_list(exempt)], span_and_bytes)
 }
 
 /// The authors, exempt ones left out, with more than `keep` events of
@@ -324,58 +326,71 @@ pub fn authors_beyond(
 }
 
 /// What [`Doomed::BeyondNewest`] would delete of one author, counting only
-/// events created at or after `since` (those an age rule leaves).
+/// events created at or after `since` (those an age rule leaves), and the
+/// bytes of its JSON.
 pub fn beyond_newest_of(
     conn: &Connection,
     author: &[u8; 32],
     kinds: &[u16],
     keep: u64,
     since: i64,
-) -> rusqlite::Result<Span> {
+) -> rusqlite::Result<(Span, u64)> {
     conn.prepare_cached(
-        "SELECT count(*), min(created_at), max(created_at) FROM (
-             SELECT created_at FROM event INDEXED BY event_pubkey_kind_time
+        "SELECT count(*), min(created_at), max(created_at), total(octet_length(json)) FROM (
+             SELECT created_at, json FROM event INDEXED BY event_pubkey_kind_time
              WHERE pubkey = ?1 AND kind IN rarray(?2) AND created_at >= ?3
              ORDER BY created_at DESC, id LIMIT -1 OFFSET ?4)",
     )?
     .query_row(
         params![&author[..], int_list(kinds), since, keep as i64],
-        span_of,
+        span_and_bytes,
     )
 }
 
-/// The `count` oldest evictable events not by an exempt pubkey, those for
-/// which `skip(kind, created_at)` holds left out (a dry run's estimate of
-/// what the size cap would take).
+/// Bytes of JSON stored, all events together (a dry run's scale: each
+/// event is taken to hold its JSON's share of the pages in use).
+pub fn json_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT total(octet_length(json)) FROM event", [], |row| {
+        row.get::<_, f64>(0)
+    })
+    .map(|bytes| bytes as u64)
+}
+
+/// The oldest evictable events not by an exempt pubkey, those for which
+/// `skip(kind, created_at)` holds left out, until their JSON adds up to
+/// `json_wanted` bytes (or none is left): a dry run's estimate of what
+/// the size cap would take. Returns them and their JSON bytes.
 pub fn oldest_evictable(
     conn: &Connection,
-    count: u64,
+    json_wanted: u64,
     exempt: &[[u8; 32]],
     skip: impl Fn(u16, i64) -> bool,
-) -> rusqlite::Result<Span> {
+) -> rusqlite::Result<(Span, u64)> {
     let mut stmt = conn.prepare_cached(concat!(
-        "SELECT kind, created_at FROM event INDEXED BY event_created_id WHERE ",
+        "SELECT kind, created_at, octet_length(json) FROM event INDEXED BY event_created_id WHERE ",
         evictable_sql!(),
         " AND pubkey NOT IN rarray(?1) ORDER BY created_at"
     ))?;
     let mut rows = stmt.query(params![blob_list(exempt)])?;
-    let mut span = Span::default();
-    while span.count < count {
+    let (mut span, mut taken) = (Span::default(), 0u64);
+    while taken < json_wanted {
         let Some(row) = rows.next()? else { break };
-        let (kind, created_at): (u16, i64) = (row.get(0)?, row.get(1)?);
+        let (kind, created_at, bytes): (u16, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
         if !skip(kind, created_at) {
             span.add(created_at);
+            taken += bytes.max(0) as u64;
         }
     }
-    Ok(span)
+    Ok((span, taken))
 }
 
-fn span_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Span> {
-    Ok(Span {
+fn span_and_bytes(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Span, u64)> {
+    let span = Span {
         count: row.get::<_, i64>(0)?.max(0) as u64,
         oldest: row.get(1)?,
         newest: row.get(2)?,
-    })
+    };
+    Ok((span, row.get::<_, f64>(3)? as u64))
 }
 
 #[cfg(test)]

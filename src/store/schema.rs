@@ -216,8 +216,9 @@ const MIGRATIONS: &[&str] = &[
     )
     WHERE text != '';
     "#,
-    // 7: events stored per kind, kept by triggers, for /metrics and
-    // /stats.json without counting rows (store/stats.rs).
+    // 6: events stored per kind class, kept
+    // by triggers, for /metrics and /stats.json without counting rows
+    // (store/stats.rs).
     super::stats::MIGRATION,
 ];
 

@@ -111,10 +111,31 @@ pub fn run(
         }
     }
     // Leave an empty WAL behind: everything committed is in the main file.
-    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-        tracing::warn!(%error, "final checkpoint failed");
-    }
+    final_checkpoint(&conn);
     tracing::debug!("writer stopped");
+}
+
+/// Copies the whole WAL into the database and truncates it. SQLite reports
+/// a checkpoint it could not finish (the checkpoint thread's last passive
+/// pass, or a reader, holding it up) as `busy = 1` in the result row, not
+/// as an error, so the row is read and the checkpoint retried for a while.
+fn final_checkpoint(conn: &Connection) {
+    const ATTEMPTS: usize = 50;
+    for attempt in 1..=ATTEMPTS {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(0) => return,
+            Ok(_) if attempt < ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Ok(_) => tracing::warn!("final checkpoint incomplete: the WAL is kept"),
+            Err(error) => {
+                tracing::warn!(%error, "final checkpoint failed");
+                return;
+            }
+        }
+    }
 }
 
 type Insert = (
