@@ -687,9 +687,7 @@ impl Config {
                 "must be 0 (no limit) or at least 4096",
             );
         }
-        if !self.metrics.listen.is_empty()
-            && self.metrics.listen.parse::<SocketAddr>().is_err()
-        {
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return fail(
                 "metrics.listen",
                 "must be empty (the relay's port, loopback only) or an address:port",
@@ -772,7 +770,13 @@ mod tests {
             assert!(config.validate().is_ok(), "{listen}");
         }
         let config = Config::from_toml("[metrics]\nlisten = \"localhost\"\n").unwrap();
-        assert!(config.validate().unwrap_err().0.starts_with("metrics.listen:"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .0
+                .starts_with("metrics.listen:")
+        );
     }
 
     #[test]
