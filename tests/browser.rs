@@ -6,9 +6,9 @@
 //! events whose count the page must show and checks that the ban made in
 //! the browser is real.
 //!
-//! Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
-//! (`.ci/run` installs them); without them the test fails and says what to
-//! run.
+//! Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`:
+//! the test installs the first and last when missing (tests/common/provision.rs)
+//! and fails, saying what to run, when it cannot.
 
 mod common;
 
@@ -24,27 +24,11 @@ use tokio::net::TcpStream;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Panics with the command to run when a tool the test needs is missing.
+/// Installs what the test drives (Chromium, the npm packages) when missing,
+/// and panics with the command to run when that is not possible.
 async fn require_prerequisites(dir: &Path) {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run `apt-get update && apt-get install -y --no-install-recommends chromium`"
-    );
-    let node = tokio::process::Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    assert!(
-        node.is_ok_and(|output| output.status.success()),
-        "`node` is not installed (Node 20 or later is needed to drive Chromium)"
-    );
-    assert!(
-        dir.join("node_modules/playwright-core").exists()
-            && dir.join("node_modules/nostr-tools").exists(),
-        "{} is missing: run `npm ci --prefix tests/browser`",
-        dir.join("node_modules").display()
-    );
+    provision::debian_package(CHROMIUM, "chromium");
+    provision::node_packages(dir, &["playwright-core", "nostr-tools"]);
 }
 
 /// Width and height from a PNG's IHDR chunk.

@@ -2,9 +2,9 @@
 //! own TypeScript implementation, not the Rust crate the relay uses), run
 //! by Node from `tests/interop/negentropy.mjs` against a relay started here.
 //!
-//! Needs `node` and `tests/interop/node_modules` (`npm ci --prefix
-//! tests/interop`, which `.ci/run` does before `cargo test`). Without them
-//! the test says so and skips, except under CI (`CI` set), where it fails.
+//! Needs `node` and `tests/interop/node_modules`: the test runs `npm ci
+//! --prefix tests/interop` when they are missing (tests/common/provision.rs)
+//! and fails, never skips, when that is not possible.
 
 mod common;
 
@@ -15,36 +15,10 @@ use std::time::Duration;
 use common::*;
 use nostr::prelude::*;
 
-/// Why the test cannot run here, if it cannot.
-async fn missing_prerequisite(dir: &Path) -> Option<String> {
-    let node = tokio::process::Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    if !node.is_ok_and(|output| output.status.success()) {
-        return Some("`node` is not installed (Node 20 or later)".into());
-    }
-    if !dir.join("node_modules").join("nostr-tools").exists() {
-        return Some(format!(
-            "{} is missing: run `npm ci --prefix tests/interop`",
-            dir.join("node_modules").display()
-        ));
-    }
-    None
-}
-
 #[tokio::test]
 async fn nostr_tools_negentropy_reconciles_against_the_relay() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    if let Some(why) = missing_prerequisite(&dir).await {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the NIP-77 interop test cannot run in CI: {why}"
-        );
-        eprintln!("SKIPPED nostr_tools_negentropy_reconciles_against_the_relay: {why}");
-        return;
-    }
+    provision::node_packages(&dir, &["nostr-tools"]);
     let relay = TestRelay::start().await;
     let mut c = relay.client().await;
     // The events only the relay has, signed by the `nostr` crate, their

@@ -1007,6 +1007,7 @@ fn systemd_analyze_verifies_the_unit() {
         repo_file("contrib/nostr-relayd.service").replace("/usr/local/bin/nostr-relayd", BIN);
     let path = dir.path().join("nostr-relayd.service");
     std::fs::write(&path, unit).unwrap();
+    common::provision::debian_package("systemd-analyze", "systemd");
     let output = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
