@@ -20,6 +20,16 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub type Sink = SplitSink<Ws, Message>;
 pub type Stream = SplitStream<Ws>;
 
+/// Opens `count` connections one after another (a relay's accept queue,
+/// not the benchmark, would otherwise be measured).
+pub async fn connect_many(url: &str, timeout: Duration, count: usize) -> Result<Vec<Ws>, String> {
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        sockets.push(connect(url, timeout).await?);
+    }
+    Ok(sockets)
+}
+
 /// Opens a WebSocket with Nagle's algorithm off (as real clients do, so
 /// small frames are not held back), within `timeout`.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Ws, String> {

@@ -95,10 +95,7 @@ pub async fn run(common: &Common, args: &CountArgs) -> Result<Report, String> {
     }
     let connections = args.connections.max(1);
     let duration = Duration::from_secs(args.duration.max(1));
-    let mut sockets = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        sockets.push(client::connect(&common.url, common.timeout()).await?);
-    }
+    let sockets = client::connect_many(&common.url, common.timeout(), connections).await?;
     eprintln!(
         "{connections} connections open; counting for {} s",
         duration.as_secs()

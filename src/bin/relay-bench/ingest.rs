@@ -87,10 +87,7 @@ pub async fn run(common: &Common, args: &IngestArgs) -> Result<Report, String> {
     });
     drop(events);
 
-    let mut sockets = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        sockets.push(client::connect(&common.url, common.timeout()).await?);
-    }
+    let sockets = client::connect_many(&common.url, common.timeout(), connections).await?;
     eprintln!("{connections} connections open; publishing");
     let bar = stats::progress(args.count as u64, "ingest");
     let start = Instant::now();

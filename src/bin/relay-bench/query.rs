@@ -115,28 +115,15 @@ pub async fn run(common: &Common, args: &QueryArgs) -> Result<Report, String> {
     let connections = args.connections.max(1);
     let duration = Duration::from_secs(args.duration.max(1));
 
-    let mut sockets = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        sockets.push(client::connect(&common.url, common.timeout()).await?);
-    }
+    let sockets = client::connect_many(&common.url, common.timeout(), connections).await?;
     eprintln!(
         "{connections} connections open; querying for {} s",
         duration.as_secs()
     );
-    let bar = stats::progress(duration.as_secs(), "query");
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
-    let ticker = {
-        let (bar, done) = (bar.clone(), done.clone());
-        tokio::spawn(async move {
-            while Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                bar.set_position(start.elapsed().as_secs().min(duration.as_secs()));
-                bar.set_message(format!("{} REQs", done.load(Ordering::Relaxed)));
-            }
-        })
-    };
+    let ticker = stats::Ticker::start("query", "REQs", start, duration, done.clone());
     let mut tasks = Vec::with_capacity(connections);
     for (index, ws) in sockets.into_iter().enumerate() {
         let targets = targets.clone();
@@ -155,8 +142,7 @@ pub async fn run(common: &Common, args: &QueryArgs) -> Result<Report, String> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    ticker.abort();
-    bar.finish_and_clear();
+    ticker.finish();
 
     let mut shapes = vec![ShapeStats::default(); SHAPES.len()];
     let mut errors = Vec::new();

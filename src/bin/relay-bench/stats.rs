@@ -2,6 +2,8 @@
 //! digits) and the progress line on stderr.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -109,4 +111,40 @@ pub fn progress(len: u64, prefix: &'static str) -> ProgressBar {
     bar.set_prefix(prefix);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// The progress bar of a timed run: the seconds elapsed and how many of
+/// `unit` the connections have done, refreshed every 250 ms until
+/// [`Ticker::finish`].
+pub struct Ticker {
+    bar: ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ticker {
+    /// Starts the bar for a run that began at `start` and lasts `duration`.
+    pub fn start(
+        prefix: &'static str,
+        unit: &'static str,
+        start: std::time::Instant,
+        duration: Duration,
+        done: Arc<AtomicU64>,
+    ) -> Ticker {
+        let bar = progress(duration.as_secs(), prefix);
+        let shown = bar.clone();
+        let task = tokio::spawn(async move {
+            while start.elapsed() < duration {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                shown.set_position(start.elapsed().as_secs().min(duration.as_secs()));
+                shown.set_message(format!("{} {unit}", done.load(Ordering::Relaxed)));
+            }
+        });
+        Ticker { bar, task }
+    }
+
+    /// Stops refreshing and clears the bar.
+    pub fn finish(self) {
+        self.task.abort();
+        self.bar.finish_and_clear();
+    }
 }
