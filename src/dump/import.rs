@@ -288,9 +288,10 @@ pub fn run(config: &Config, args: &ImportArgs) -> ExitCode {
     let outcome = read.and(importer.settle_all());
     let summary = importer.summary;
     progress.finish();
+    // Closing runs the writer's final checkpoint: the imported events end
+    // in the database file itself, and the WAL is left empty.
     store.close();
     drop(store);
-    empty_the_wal(config);
     eprintln!("{}", summary.line(started.elapsed()));
     match outcome {
         Err(error) => {
@@ -342,33 +343,6 @@ fn open(config: &Config, args: &ImportArgs) -> Result<(Store, Rules), String> {
         now: unix_now(),
     };
     Ok((store, rules))
-}
-
-/// Copies the WAL into the database file and empties it, so that the
-/// imported events are in the database file itself (a copy of that file
-/// alone is complete) and synced to disk. The store's own final checkpoint
-/// can find its checkpoint thread still at work; this one retries for a
-/// second. Beside a running relay, a long read may keep it from finishing:
-/// the relay's checkpoints then complete the copy.
-fn empty_the_wal(config: &Config) {
-    let Ok(conn) = store::open_connection(&config.database, config.storage.durability, false)
-    else {
-        return;
-    };
-    for _ in 0..20 {
-        // The first column is 1 when the checkpoint could not finish.
-        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-            row.get::<_, i64>(0)
-        }) {
-            Ok(0) => return,
-            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
-            Err(error) => {
-                tracing::debug!(%error, "final checkpoint failed");
-                return;
-            }
-        }
-    }
-    tracing::debug!("the WAL is in use; the relay's checkpoints will empty it");
 }
 
 type Pending = (u16, oneshot::Receiver<Result<WriteOutcome, StoreError>>);
