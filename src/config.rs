@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub const ENV_LISTEN: &str = "NOSTR_RELAYD_LISTEN";
 /// Environment variable that overrides `database` (a file path).
 pub const ENV_DB: &str = "NOSTR_RELAYD_DB";
+/// Overrides `storage.postgres_url`, so that a container's secret need not
+/// be written into relay.toml.
+pub const ENV_POSTGRES_URL: &str = "NOSTR_RELAYD_POSTGRES_URL";
 
 /// Everything the relay can be told. Each field's default is the value
 /// written in the shipped `relay.toml`; a test keeps the two in step.
@@ -45,6 +48,52 @@ pub struct Config {
     pub negentropy: Negentropy,
     pub metrics: Metrics,
     pub retention: Retention,
+    pub cluster: Cluster,
+}
+
+/// Several relay nodes behaving as one (`cluster/`): each node publishes
+/// the events it accepts to NATS and delivers what the others publish to its
+/// own live subscriptions. Needs `storage.backend = "postgres"`, the one
+/// database every node reads and writes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// The NATS server(s), comma-separated (`nats://host:4222`); empty: this
+    /// relay is a single node and talks to no NATS at all.
+    pub nats_url: String,
+    /// Subjects are `<prefix>.events` and `<prefix>.heartbeat`: two
+    /// clusters may share one NATS under different prefixes.
+    pub subject_prefix: String,
+    /// This node's name, unique in the cluster; it tags each event the node
+    /// stores (for backfill after a missed message). Empty: the host name.
+    pub node_name: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            nats_url: String::new(),
+            subject_prefix: "nostr-relayd".into(),
+            node_name: String::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether this relay is one node of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.trim().is_empty()
+    }
+}
+
+/// Where the events live.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One file beside the relay: the default, and the fastest on one machine.
+    Sqlite,
+    /// A PostgreSQL database that several relay nodes may share.
+    Postgres,
 }
 
 /// What the relay forgets, and when (`retention.rs`): rules by kind, a
@@ -375,6 +424,15 @@ impl Default for RateLimit {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
+    /// "sqlite" (the file `database`) or "postgres" (`postgres_url`).
+    pub backend: Backend,
+    /// libpq-style URL of the PostgreSQL database
+    /// (`postgres://user:password@host:5432/nostr`), for the "postgres"
+    /// backend; `NOSTR_RELAYD_POSTGRES_URL` overrides it.
+    pub postgres_url: String,
+    /// Connections to PostgreSQL for reads (REQ, COUNT, checks); the writer
+    /// holds one more of its own.
+    pub postgres_pool_size: usize,
     /// "normal": a commit survives a crash of the relay process.
     /// "full": fsync at every group commit; it also survives power loss.
     pub durability: Durability,
@@ -456,6 +514,7 @@ impl Default for Config {
             negentropy: Negentropy::default(),
             metrics: Metrics::default(),
             retention: Retention::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -507,6 +566,9 @@ impl Default for Network {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
+            backend: Backend::Sqlite,
+            postgres_url: String::new(),
+            postgres_pool_size: 16,
             durability: Durability::Normal,
             reader_threads: 6,
             verify_threads: 0,
@@ -554,13 +616,17 @@ impl Config {
         toml::to_string(self).map_err(|e| ConfigError(format!("cannot write as TOML: {e}")))
     }
 
-    /// Applies `NOSTR_RELAYD_LISTEN` and `NOSTR_RELAYD_DB`.
+    /// Applies `NOSTR_RELAYD_LISTEN`, `NOSTR_RELAYD_DB` and
+    /// `NOSTR_RELAYD_POSTGRES_URL`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         if let Some(listen) = var(ENV_LISTEN).filter(|v| !v.is_empty()) {
             self.listen = listen;
         }
         if let Some(db) = var(ENV_DB).filter(|v| !v.is_empty()) {
             self.database = PathBuf::from(db);
+        }
+        if let Some(url) = var(ENV_POSTGRES_URL).filter(|v| !v.is_empty()) {
+            self.storage.postgres_url = url;
         }
     }
 
@@ -581,6 +647,7 @@ impl Config {
         if let Err(why) = crate::logging::parse_filter(&self.log_level) {
             return fail("log_level", &why);
         }
+        self.validate_backend()?;
         let hex_or_empty = |v: &str| v.is_empty() || crate::nostr::hex::is_hex32(v);
         if !hex_or_empty(&self.info.pubkey) {
             return fail(
@@ -700,6 +767,56 @@ impl Config {
     }
 
     /// `[management]` and `[access]`: every key and range must parse.
+    /// The storage backend and the cluster settings fit together.
+    fn validate_backend(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let postgres = self.storage.backend == Backend::Postgres;
+        if postgres && self.storage.postgres_url.trim().is_empty() {
+            return fail(
+                "storage.postgres_url",
+                "must be set when storage.backend is \"postgres\" (or set NOSTR_RELAYD_POSTGRES_URL)",
+            );
+        }
+        if postgres && self.storage.postgres_pool_size == 0 {
+            return fail("storage.postgres_pool_size", "must be at least 1");
+        }
+        if self.cluster.enabled() && !postgres {
+            return fail(
+                "cluster.nats_url",
+                "a cluster needs storage.backend = \"postgres\": every node must read and write one database",
+            );
+        }
+        if self.cluster.subject_prefix.is_empty()
+            || self
+                .cluster
+                .subject_prefix
+                .contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+        {
+            return fail(
+                "cluster.subject_prefix",
+                "must be a NATS subject without spaces or wildcards",
+            );
+        }
+        if self.cluster.node_name.contains(|c: char| c.is_whitespace()) {
+            return fail("cluster.node_name", "must not contain spaces");
+        }
+        Ok(())
+    }
+
+    /// This node's name in a cluster (and on the events it stores in
+    /// PostgreSQL): `cluster.node_name`, else the host name.
+    pub fn node_name(&self) -> String {
+        if !self.cluster.node_name.is_empty() {
+            return self.cluster.node_name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| "node".into())
+    }
+
     fn validate_access(&self) -> Result<(), ConfigError> {
         if let Some(bad) = self
             .management

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod corpus;
 pub mod dump;

@@ -16,6 +16,7 @@ pub mod schema;
 pub mod search;
 mod sql;
 pub mod stats;
+pub mod postgres;
 pub mod writer;
 
 use crate::privacy::Readers;

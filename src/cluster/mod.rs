@@ -1,0 +1,1 @@
+//! Cluster fan-out over NATS (issue 8): being written.

@@ -1,0 +1,1 @@
+//! The PostgreSQL backend (issue 8): being written.
