@@ -32,7 +32,7 @@ use crate::nostr::{Event, kind};
 use crate::server::info;
 use crate::shutdown::Shutdown;
 use crate::store::lists::{self, Edit, InfoField, Report, StoredLists};
-use crate::store::{self, StoreError, unix_now};
+use crate::store::{self, Store, StoreError, unix_now};
 
 /// How often a running relay looks for edits made by other processes.
 pub const POLL_PERIOD: Duration = Duration::from_millis(250);
@@ -370,17 +370,29 @@ impl AccessLists {
     }
 }
 
-/// The running relay's access lists: the snapshot in force, the connection
-/// that watches for edits, and the one that makes them.
+/// The running relay's access lists: the snapshot in force, and where
+/// they are stored (watched for edits by other processes or nodes, edited
+/// by NIP-86).
 pub struct AccessControl {
     /// relay.toml's part: replaced by a reload (SIGHUP).
     settings: RwLock<Arc<Settings>>,
     current: RwLock<Arc<AccessLists>>,
-    watcher: Mutex<Watcher>,
-    /// Opened on the first edit: most relays never get one.
-    editor: Mutex<Option<Connection>>,
-    database: PathBuf,
-    durability: Durability,
+    source: Source,
+}
+
+/// Where the stored lists live.
+enum Source {
+    /// A read connection that watches the file, and one (opened on the
+    /// first edit: most relays never get one) that edits it.
+    Sqlite {
+        watcher: Mutex<Watcher>,
+        editor: Mutex<Option<Connection>>,
+        database: PathBuf,
+        durability: Durability,
+    },
+    /// The store's own pool. Its methods are async; ours are called on
+    /// blocking threads (they block on SQLite), where `block_on` is allowed.
+    Postgres(Arc<Store>),
 }
 
 /// What relay.toml contributes to the lists and the NIP-11 document.
@@ -394,27 +406,62 @@ struct Watcher {
     data_version: i64,
 }
 
+/// Runs a store future from one of the blocking threads the access
+/// methods are called on.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::runtime::Handle::try_current()
+        .map(|handle| handle.block_on(future))
+        .map_err(|_| "the access lists were used outside the relay's runtime".to_owned())
+}
+
 impl AccessControl {
-    /// Reads the lists of an already migrated database (the store opens it
-    /// first) and keeps a read connection to watch it.
+    /// Reads the lists of an already migrated SQLite database (the store
+    /// opens it first) and keeps a read connection to watch it.
     pub fn open(config: &Config) -> Result<AccessControl, String> {
         let seed = Seed::from_config(&config.access)?;
         let conn = store::open_connection(&config.database, config.storage.durability, true)
             .map_err(|e| e.to_string())?;
         let data_version = data_version(&conn).map_err(|e| e.to_string())?;
         let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
+        Ok(AccessControl::with(
+            config,
+            seed,
+            stored,
+            Source::Sqlite {
+                watcher: Mutex::new(Watcher { conn, data_version }),
+                editor: Mutex::new(None),
+                database: config.database.clone(),
+                durability: config.storage.durability,
+            },
+        ))
+    }
+
+    /// Reads the lists from the store `config` names: SQLite through
+    /// [`AccessControl::open`], PostgreSQL through the store's pool.
+    pub async fn open_with(config: &Config, store: Arc<Store>) -> Result<AccessControl, String> {
+        if store.sqlite().is_some() {
+            return AccessControl::open(config);
+        }
+        let seed = Seed::from_config(&config.access)?;
+        let stored = store.lists().await.map_err(|e| e.to_string())?;
+        Ok(AccessControl::with(
+            config,
+            seed,
+            stored,
+            Source::Postgres(store),
+        ))
+    }
+
+    fn with(config: &Config, seed: Seed, stored: StoredLists, source: Source) -> AccessControl {
         let lists = AccessLists::build(config, &seed, stored);
-        Ok(AccessControl {
+        AccessControl {
             settings: RwLock::new(Arc::new(Settings {
                 config: config.clone(),
                 seed,
             })),
             current: RwLock::new(Arc::new(lists)),
-            watcher: Mutex::new(Watcher { conn, data_version }),
-            editor: Mutex::new(None),
-            database: config.database.clone(),
-            durability: config.storage.durability,
-        })
+            source,
+        }
     }
 
     /// The lists in force now. Cheap (an `Arc` clone); hold it for one
@@ -439,15 +486,25 @@ impl AccessControl {
             .clone()
     }
 
+    /// The stored lists, read now. Blocks.
+    fn load(&self) -> Result<StoredLists, String> {
+        match &self.source {
+            Source::Sqlite { watcher, .. } => {
+                let watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                lists::load(&watcher.conn).map_err(|e| StoreError::from(e).to_string())
+            }
+            Source::Postgres(store) => block_on(store.lists())?.map_err(|e| e.to_string()),
+        }
+    }
+
     /// Puts a reloaded relay.toml in force (SIGHUP): its `[access]` seed,
     /// and the configuration the NIP-11 document is made from (NIP-86's
     /// overrides in the database still win). Re-reads the stored lists, so
-    /// it blocks (SQLite): call it from a blocking thread.
+    /// it blocks: call it from a blocking thread.
     pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
         let seed = Seed::from_config(&config.access)?;
         // Read first: a failure leaves the old settings in force.
-        let watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        let stored = lists::load(&watcher.conn).map_err(|e| StoreError::from(e).to_string())?;
+        let stored = self.load()?;
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Settings {
             config: config.clone(),
             seed,
@@ -457,43 +514,77 @@ impl AccessControl {
     }
 
     /// Applies an edit to the database and reloads the snapshot before
-    /// returning, so the caller's next request already sees it. Blocks
-    /// (SQLite): call it from a blocking thread. Returns how many stored
-    /// events the edit deleted.
+    /// returning, so the caller's next request already sees it. Blocks:
+    /// call it from a blocking thread. Returns how many stored events the
+    /// edit deleted.
     pub fn edit(&self, edit: &Edit) -> Result<usize, String> {
-        let mut editor = self.editor.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = match &mut *editor {
-            Some(conn) => conn,
-            empty => empty.insert(
-                store::open_connection(&self.database, self.durability, false)
-                    .map_err(|e| e.to_string())?,
-            ),
-        };
-        let deleted = apply_edit(conn, &self.settings().seed, edit)?;
-        let stored = lists::load(conn).map_err(|e| StoreError::from(e).to_string())?;
-        self.install(stored);
-        Ok(deleted)
+        let seed = self.settings().seed.clone();
+        match &self.source {
+            Source::Sqlite {
+                editor,
+                database,
+                durability,
+                ..
+            } => {
+                let mut editor = editor.lock().unwrap_or_else(|e| e.into_inner());
+                let conn = match &mut *editor {
+                    Some(conn) => conn,
+                    empty => empty.insert(
+                        store::open_connection(database, *durability, false)
+                            .map_err(|e| e.to_string())?,
+                    ),
+                };
+                let deleted = apply_edit(conn, &seed, edit)?;
+                let stored = lists::load(conn).map_err(|e| StoreError::from(e).to_string())?;
+                self.install(stored);
+                Ok(deleted)
+            }
+            Source::Postgres(store) => {
+                if let Some(refusal) = seed.refusal(edit) {
+                    return Err(refusal);
+                }
+                let deleted = block_on(store.apply_edit(edit, &seed.allowed_kinds, unix_now()))?
+                    .map_err(|e| e.to_string())?;
+                self.install(self.load()?);
+                Ok(deleted)
+            }
+        }
     }
 
-    /// The reported events waiting for a moderator. Blocks (SQLite).
+    /// The reported events waiting for a moderator. Blocks.
     pub fn reports(&self) -> Result<Vec<Report>, String> {
-        let watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        lists::reports(&watcher.conn).map_err(|e| StoreError::from(e).to_string())
+        match &self.source {
+            Source::Sqlite { watcher, .. } => {
+                let watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                lists::reports(&watcher.conn).map_err(|e| StoreError::from(e).to_string())
+            }
+            Source::Postgres(store) => block_on(store.reports())?.map_err(|e| e.to_string()),
+        }
     }
 
-    /// One look for edits by other connections: cheap when nothing was
-    /// committed (one pragma), one row read when only events were.
-    fn poll(&self) -> rusqlite::Result<()> {
-        let mut watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        let now = data_version(&watcher.conn)?;
-        if now == watcher.data_version {
+    /// One look for edits by other connections (another process, another
+    /// node): with SQLite cheap when nothing was committed (one pragma),
+    /// one row read when only events were; with PostgreSQL one row read.
+    fn poll(&self) -> Result<(), String> {
+        let version = match &self.source {
+            Source::Sqlite { watcher, .. } => {
+                let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+                let sqlite = |e: rusqlite::Error| StoreError::from(e).to_string();
+                let now = data_version(&watcher.conn).map_err(sqlite)?;
+                if now == watcher.data_version {
+                    return Ok(());
+                }
+                watcher.data_version = now;
+                lists::version(&watcher.conn).map_err(sqlite)?
+            }
+            Source::Postgres(store) => {
+                block_on(store.lists_version())?.map_err(|e| e.to_string())?
+            }
+        };
+        if version == self.current().version {
             return Ok(());
         }
-        watcher.data_version = now;
-        if lists::version(&watcher.conn)? == self.current().version {
-            return Ok(());
-        }
-        let stored = lists::load(&watcher.conn)?;
+        let stored = self.load()?;
         tracing::info!(version = stored.version, "access lists reloaded");
         self.install(stored);
         Ok(())

@@ -86,6 +86,20 @@ impl Cluster {
     }
 }
 
+/// A connection URL without its user and password
+/// (`postgres://u:p@host/db` → `postgres://host/db`); a key=value
+/// connection string is not echoed at all.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(storage.postgres_url)".into();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let path = path.split('?').next().unwrap_or("");
+    format!("{scheme}://{host}{path}")
+}
+
 /// Where the events live.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -780,6 +794,13 @@ impl Config {
         if postgres && self.storage.postgres_pool_size == 0 {
             return fail("storage.postgres_pool_size", "must be at least 1");
         }
+        if postgres && (!self.retention.rules.is_empty() || self.retention.max_database_mb > 0) {
+            return fail(
+                "retention",
+                "retention rules and the size cap work on the SQLite backend only, for now; \
+                 with PostgreSQL keep [retention] empty (NIP-40 expiry and deletions still apply)",
+            );
+        }
         if self.cluster.enabled() && !postgres {
             return fail(
                 "cluster.nats_url",
@@ -801,6 +822,18 @@ impl Config {
             return fail("cluster.node_name", "must not contain spaces");
         }
         Ok(())
+    }
+
+    /// Where the events are, for messages: the SQLite file, or the
+    /// PostgreSQL server and database without the credentials.
+    pub fn database_label(&self) -> String {
+        match self.storage.backend {
+            Backend::Sqlite => format!("database {}", self.database.display()),
+            Backend::Postgres => format!(
+                "PostgreSQL database {}",
+                redact_url(&self.storage.postgres_url)
+            ),
+        }
     }
 
     /// This node's name in a cluster (and on the events it stores in
@@ -854,6 +887,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postgres_url_is_shown_without_its_credentials() {
+        assert_eq!(
+            redact_url("postgres://relay:s3cret@db.internal:5432/nostr?sslmode=require"),
+            "postgres://db.internal:5432/nostr"
+        );
+        assert_eq!(redact_url("postgres://localhost/nostr"), "postgres://localhost/nostr");
+        assert_eq!(
+            redact_url("host=db password=s3cret dbname=nostr"),
+            "(storage.postgres_url)"
+        );
+    }
+
+    #[test]
+    fn a_cluster_needs_postgres() {
+        let mut config = Config::default();
+        config.cluster.nats_url = "nats://127.0.0.1:4222".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("cluster.nats_url:"), "{error}");
+        config.storage.backend = Backend::Postgres;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("storage.postgres_url:"), "{error}");
+        config.storage.postgres_url = "postgres://localhost/nostr".into();
+        config.validate().unwrap();
+    }
 
     #[test]
     fn shipped_relay_toml_equals_the_defaults() {

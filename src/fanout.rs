@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -35,6 +35,7 @@ pub struct Mailbox {
     queue: mpsc::Sender<Delivery>,
     overflow: Arc<Overflow>,
     queued: Arc<AtomicUsize>,
+    interruptions: Arc<Interruptions>,
 }
 
 /// The receiving side of a [`Mailbox`]. It keeps the relay-wide count of
@@ -42,6 +43,7 @@ pub struct Mailbox {
 pub struct Deliveries {
     receiver: mpsc::Receiver<Delivery>,
     queued: Arc<AtomicUsize>,
+    interruptions: Arc<Interruptions>,
 }
 
 /// Set when a delivery found the queue full; the connection's task waits on
@@ -50,6 +52,38 @@ pub struct Deliveries {
 pub struct Overflow {
     pub happened: AtomicBool,
     pub notify: Notify,
+}
+
+/// Subscriptions of one connection that the relay ended
+/// ([`Fanout::interrupt_all`]): they may have missed live events, so the
+/// connection's task sends each a `CLOSED` with the reason, and the client
+/// subscribes again. Out of band, so that it never waits behind (or is
+/// dropped with) a full queue of deliveries.
+#[derive(Default)]
+pub struct Interruptions {
+    ended: Mutex<Vec<(SubscriptionKey, Arc<str>)>>,
+    /// Woken when `ended` gains an entry.
+    pub notify: Notify,
+}
+
+impl Interruptions {
+    fn push(&self, key: SubscriptionKey, reason: Arc<str>) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((key, reason));
+        self.notify.notify_one();
+    }
+
+    /// The subscriptions ended since the last call, with the reason for each.
+    pub fn take(&self) -> Vec<(SubscriptionKey, Arc<str>)> {
+        std::mem::take(
+            &mut *self
+                .ended
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
 }
 
 impl Mailbox {
@@ -62,13 +96,19 @@ impl Mailbox {
     fn counted(capacity: usize, queued: Arc<AtomicUsize>) -> (Mailbox, Deliveries, Arc<Overflow>) {
         let (queue, receiver) = mpsc::channel(capacity);
         let overflow = Arc::new(Overflow::default());
+        let interruptions = Arc::new(Interruptions::default());
         (
             Mailbox {
                 queue,
                 overflow: overflow.clone(),
                 queued: queued.clone(),
+                interruptions: interruptions.clone(),
             },
-            Deliveries { receiver, queued },
+            Deliveries {
+                receiver,
+                queued,
+                interruptions,
+            },
             overflow,
         )
     }
@@ -100,6 +140,12 @@ impl Deliveries {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         delivery
+    }
+
+    /// Where [`Fanout::interrupt_all`] leaves this connection's ended
+    /// subscriptions; the connection's task waits on its `notify`.
+    pub fn interruptions(&self) -> Arc<Interruptions> {
+        self.interruptions.clone()
     }
 
     /// A delivery that is already waiting, if any.
@@ -334,6 +380,30 @@ impl Fanout {
         }
     }
 
+    /// Ends every registered subscription: each is removed from the table
+    /// at once (it gets no further events) and its connection is told to
+    /// send `CLOSED` with `reason`. For when this relay may have missed
+    /// live events (a cluster node's messages lost and not recovered): a
+    /// client that subscribes again gets them from the store. Returns how
+    /// many subscriptions were ended.
+    pub fn interrupt_all(&self, reason: &str) -> usize {
+        let reason: Arc<str> = reason.into();
+        let ended = {
+            let mut index = self
+                .index
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::take(&mut *index).registrations
+        };
+        for (key, registration) in &ended {
+            registration
+                .mailbox
+                .interruptions
+                .push(*key, reason.clone());
+        }
+        ended.len()
+    }
+
     /// How many subscriptions are registered.
     pub fn len(&self) -> usize {
         self.index
@@ -393,6 +463,37 @@ mod tests {
         fanout.unsubscribe(everything);
         assert!(fanout.is_empty());
         assert!(fanout.index.read().unwrap().by_kind.is_empty());
+    }
+
+    #[test]
+    fn interrupt_all_ends_every_subscription_and_tells_its_connection() {
+        let fanout = Fanout::new();
+        let (first, mut first_rx, _) = fanout.mailbox(4);
+        let (second, second_rx, _) = fanout.mailbox(4);
+        let a = fanout.subscribe(first.clone(), filters(json!([{"kinds": [1]}])));
+        let b = fanout.subscribe(first, filters(json!([{"#t": ["x"]}])));
+        let c = fanout.subscribe(second, filters(json!([{}])));
+        assert_eq!(fanout.interrupt_all("error: missed"), 3);
+        assert!(fanout.is_empty());
+        let mut ended: Vec<_> = first_rx
+            .interruptions()
+            .take()
+            .into_iter()
+            .map(|(key, reason)| (key, reason.to_string()))
+            .collect();
+        ended.sort();
+        let missed = || "error: missed".to_string();
+        assert_eq!(ended, vec![(a, missed()), (b, missed())]);
+        assert_eq!(
+            second_rx.interruptions().take()[0].0,
+            c,
+            "the other connection hears of its own subscription"
+        );
+        assert!(first_rx.interruptions().take().is_empty(), "taken once");
+        // Ended subscriptions get nothing more.
+        fanout.publish(&canonical(1, json!([["t", "x"]])), Some(1));
+        assert!(first_rx.try_recv().is_none());
+        assert_eq!(fanout.interrupt_all("error: missed"), 0);
     }
 
     #[test]

@@ -3,16 +3,19 @@
 //! Checks run cheapest first, as DESIGN.md orders them: the id hash (so
 //! that no answer, not even "duplicate", is given for an event whose id is a
 //! lie), then the access lists (in-memory look-ups, see `access`), then, in
-//! one job on a checker thread (each owns a read-only SQLite
+//! one job on a checker thread (with SQLite each owns a read-only
 //! connection), the duplicate/tombstone look-up, the cheap policy and the
 //! Schnorr signature; last the writer, whose commit is what `OK true`
 //! promises. One hop to a checker instead of one to a reader and another to
-//! a verifier halves the thread wake-ups per event.
+//! a verifier halves the thread wake-ups per event. With PostgreSQL the
+//! look-up is an async query before the checker's job, which then checks
+//! the policy and the signature only.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::access::AccessControl;
+use crate::cluster::Outbox;
 use crate::fanout::Fanout;
 use crate::nostr::relay_url::same_relay;
 use crate::nostr::{CanonicalEvent, Event, KindClass, kind};
@@ -65,14 +68,18 @@ pub struct Origin {
 pub struct Ingester {
     pub store: Arc<Store>,
     pub fanout: Arc<Fanout>,
-    /// Threads that run [`check`], each with its own read connection.
-    pub checkers: WorkerPool<Connection>,
+    /// Threads that run [`check`], each with its own read connection to
+    /// SQLite (`None` with PostgreSQL, looked up asynchronously instead).
+    pub checkers: WorkerPool<Option<Connection>>,
     pub policy: WritePolicy,
     /// Banned and allowed pubkeys, kinds, event ids and addresses.
     pub access: Arc<AccessControl>,
     /// The write-policy plugin (`[plugin]`), asked last, so that it only
     /// sees valid events that would otherwise be stored.
     pub plugin: Option<Arc<WritePlugin>>,
+    /// Where accepted ephemeral events go to reach the other nodes of a
+    /// cluster (committed ones go from the store's commit hook).
+    pub cluster: Option<Outbox>,
 }
 
 const DUPLICATE: &str = "duplicate: already have this event";
@@ -111,11 +118,19 @@ impl Ingester {
         }
         let ephemeral = event.class() == KindClass::Ephemeral;
         let event = Arc::new(CanonicalEvent::new(event));
+        if !ephemeral && self.store.sqlite().is_none() {
+            if let Some(verdict) = fresh_or_refused(self.store.freshness(&event.event).await) {
+                return verdict;
+            }
+        }
         let checked = event.clone();
         let policy = self.policy.clone();
         let refusal = self
             .checkers
-            .run(move |conn| check(conn, &checked.event, ephemeral, &policy, unix_now()))
+            .run(move |conn| match conn {
+                Some(conn) => check(conn, &checked.event, ephemeral, &policy, unix_now()),
+                None => check_policy_and_signature(&checked.event, &policy, unix_now()),
+            })
             .await;
         match refusal {
             Ok(None) => {}
@@ -133,6 +148,9 @@ impl Ingester {
         }
         if ephemeral {
             self.fanout.publish(&event, None);
+            if let Some(outbox) = &self.cluster {
+                outbox.ephemeral(&event);
+            }
             return Verdict::accept("");
         }
         match self.store.insert(event).await {
@@ -159,14 +177,26 @@ pub fn check(
     now: i64,
 ) -> Option<Verdict> {
     if !ephemeral {
-        match freshness(conn, event) {
-            Ok(Freshness::New) => {}
-            Ok(Freshness::Duplicate) => return Some(Verdict::accept(DUPLICATE)),
-            Ok(Freshness::Deleted) => return Some(Verdict::refuse(DELETED)),
-            Ok(Freshness::Vanished) => return Some(Verdict::refuse(VANISHED)),
-            Err(error) => return Some(store_failure(error)),
+        if let Some(verdict) = fresh_or_refused(freshness(conn, event)) {
+            return Some(verdict);
         }
     }
+    check_policy_and_signature(event, policy, now)
+}
+
+/// The answer a freshness look-up gives: `None` for a new event.
+fn fresh_or_refused(freshness: Result<Freshness, StoreError>) -> Option<Verdict> {
+    match freshness {
+        Ok(Freshness::New) => None,
+        Ok(Freshness::Duplicate) => Some(Verdict::accept(DUPLICATE)),
+        Ok(Freshness::Deleted) => Some(Verdict::refuse(DELETED)),
+        Ok(Freshness::Vanished) => Some(Verdict::refuse(VANISHED)),
+        Err(error) => Some(store_failure(error)),
+    }
+}
+
+/// The checks after the store's look-up: the cheap policy, the signature.
+fn check_policy_and_signature(event: &Event, policy: &WritePolicy, now: i64) -> Option<Verdict> {
     if let Err(reason) = policy.check(event, now) {
         return Some(Verdict::refuse(reason));
     }

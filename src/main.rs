@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nostr_relayd::logging::{self, LogFormat};
+use nostr_relayd::config::Backend;
 use nostr_relayd::{Config, RunningRelay, Stopped};
 use tokio::signal::unix;
 
@@ -108,6 +109,10 @@ fn main() -> ExitCode {
     {
         tracing::warn!(%error, "log_level not applied");
     }
+    if let Some(refusal) = sqlite_only(&command, &config) {
+        eprintln!("error: {refusal}");
+        return ExitCode::FAILURE;
+    }
     match command {
         Command::Serve => serve(config, &cli.config),
         Command::Admin { command } => match nostr_relayd::admin::run(&config, &command) {
@@ -139,6 +144,29 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&config),
         Command::Healthcheck { url } => healthcheck(&config, url.as_deref()),
     }
+}
+
+/// The commands that work on the SQLite file itself, refused with the
+/// PostgreSQL backend with what to use instead.
+fn sqlite_only(command: &Command, config: &Config) -> Option<String> {
+    if config.storage.backend == Backend::Sqlite {
+        return None;
+    }
+    let (name, instead) = match command {
+        Command::Vacuum => ("vacuum", "PostgreSQL's autovacuum, or VACUUM FULL in psql"),
+        Command::Backup { .. } => ("backup", "pg_dump, or `nostr-relayd export` for the events"),
+        Command::Prune { .. } => (
+            "prune",
+            "NIP-40 expiry and deletions; retention rules need the SQLite backend for now",
+        ),
+        Command::Sync(_) => ("sync", "a SQLite relay beside it, then `export` and `import`"),
+        Command::Admin { .. } => ("admin", "the NIP-86 management API (README.md, \"Moderation\")"),
+        _ => return None,
+    };
+    Some(format!(
+        "`nostr-relayd {name}` works on the SQLite file and storage.backend is \"postgres\"; \
+         use {instead}"
+    ))
 }
 
 /// `check-config`: the configuration in force (file and environment

@@ -613,14 +613,18 @@ impl Monitor {
         }
     }
 
-    /// Reads the file sizes and probes the store.
+    /// Reads the database's size (SQLite: the files) and probes the store.
     async fn sample_store(&self, store: &Store) {
         let size = |suffix: &str| {
             let mut path = self.database.clone().into_os_string();
             path.push(suffix);
             std::fs::metadata(path).map_or(0, |m| m.len())
         };
-        let (database_bytes, wal_bytes) = (size(""), size("-wal"));
+        let (database_bytes, wal_bytes) = match store.database_bytes().await {
+            // PostgreSQL: its own size; its WAL is the server's business.
+            Ok(Some(bytes)) => (bytes, 0),
+            Ok(None) | Err(_) => (size(""), size("-wal")),
+        };
         let probe = match tokio::time::timeout(PROBE_TIMEOUT, store.stored_by_class()).await {
             Ok(Ok(stored)) => Probe::Answered(stored),
             Ok(Err(error)) => Probe::Failed(format!("the store failed a probe: {error}")),

@@ -517,20 +517,15 @@ async fn running_counts_are_bounded_without_rate_limits() {
 /// tag an absent pubkey reads every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_count_past_its_time_budget_is_closed_with_an_error() {
-    use nostr_relayd::config::Durability;
     use nostr_relayd::nostr::{CanonicalEvent, Event as RelayEvent};
-    use nostr_relayd::store::{Store, StoreOptions};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("large.sqlite");
-    let options = StoreOptions {
-        durability: Durability::Normal,
-        max_database_bytes: 0,
-        reader_threads: 1,
-        max_write_batch: 1024,
-        query_timeout: Duration::from_secs(60),
-    };
-    let store = Arc::new(Store::open(&path, &options, Box::new(|_| {})).unwrap());
+    let mut config = test_config(dir.path());
+    config.database = path.to_path_buf();
+    config.storage.reader_threads = 1;
+    config.storage.query_timeout_ms = 60_000;
+    let store = Arc::new(open_store(&mut config).await);
     let root = "7".repeat(64);
     let base = now() as i64 - 100_000;
     for chunk in 0..20 {

@@ -2,21 +2,21 @@
 //! against a temporary database: dumps built and signed with the
 //! independent `nostr` crate, every rule the writer applies, the stderr
 //! report line by line, the summary counts, round trips byte for byte,
-//! filters and order, and an import beside a running relay.
+//! filters and order, and an import beside a running relay. Runs on both
+//! backends (dump_on_postgres.rs); what is about the SQLite file itself is
+//! in dump_sqlite.rs.
 
 mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::*;
 use nostr::prelude::*;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_nostr-relayd");
 
 /// A relay.toml and a database path in a temporary directory.
 struct Database {
@@ -58,11 +58,8 @@ impl Database {
 /// Runs `nostr-relayd --config <config> <args>` on `db`, with `stdin`
 /// piped in, logging at debug (the logs must stay on stderr).
 fn relayd(config: &Path, db: &Path, args: &[&str], stdin: &[u8]) -> Run {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
+    let mut child = common::relayd(config, db)
         .args(args)
-        .env("NOSTR_RELAYD_DB", db)
         .env("RUST_LOG", "debug")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -767,15 +764,7 @@ fn exit_status_tells_an_import_that_ran_from_one_that_failed() {
     let run = database.import("", &[missing.to_str().unwrap()]);
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("cannot open"), "{}", run.stderr);
-
-    // A database file that is not SQLite: the import fails, loudly.
-    let broken = Database::new("");
-    std::fs::write(&broken.db, vec![7u8; 8192]).unwrap();
-    let run = broken.import(&dump, &[]);
-    assert_ne!(run.code, Some(0), "{}", run.stderr);
-    let run = broken.run(&["export"], b"");
-    assert_ne!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.is_empty());
+    // A database that is not one: dump_sqlite.rs (a broken SQLite file).
 }
 
 /// Importing beside a running relay: it serves the imported events to new
@@ -846,34 +835,4 @@ async fn an_import_beside_a_running_relay_is_served_but_not_fanned_out() {
         .unwrap();
     assert!(export.success(), "{}", export.stderr);
     assert_eq!(export.events().len(), 520, "{}", export.stderr);
-}
-
-/// A database that cannot grow ends the import with status 1; what was
-/// committed before stays, and the summary counts exactly that.
-#[test]
-fn a_full_database_ends_the_import_with_an_error() {
-    let database = Database::new("[storage]\nmax_database_bytes = 1048576\n");
-    let alice = Keys::generate();
-    let filler = "x".repeat(4000);
-    let events: Vec<Event> = (0..1000)
-        .map(|i| event(&alice, 1, &format!("{i} {filler}"), &[], ago(2000 - i)))
-        .collect();
-    let run = database.import(&jsonl(&events), &[]);
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("error: storing events: the relay's storage is full"),
-        "{}",
-        run.stderr
-    );
-    let stored: usize = run
-        .summary()
-        .split("stored ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{}", run.summary()));
-    // A batch SQLite cannot fit is rolled back whole (never half-stored).
-    assert!(stored < 1000, "{}", run.summary());
-    assert_eq!(database.export(&[]).events().len(), stored);
 }

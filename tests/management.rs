@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -865,12 +865,9 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
 }
 
 fn admin_cli(config: &Path, db: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nostr-relayd"))
-        .arg("--config")
-        .arg(config)
+    relayd(config, db)
         .arg("admin")
         .args(args)
-        .env("NOSTR_RELAYD_DB", db)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run nostr-relayd admin")

@@ -175,19 +175,9 @@ async fn fetch_raw(client: &mut Client, id: &str) -> String {
     text
 }
 
-fn open_db(relay: &TestRelay) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(&relay.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open db")
-}
-
-/// Rows of table `event` holding this event.
-fn rows_for(db: &rusqlite::Connection, event: &Event) -> i64 {
-    db.query_row(
-        "SELECT count(*) FROM event WHERE id = ?1",
-        [event.id.as_bytes().to_vec()],
-        |row| row.get(0),
-    )
-    .expect("count rows")
+/// Rows of table `event` holding this event, on either backend.
+fn rows_for(db: &StoredDb, event: &Event) -> i64 {
+    db.rows_for(event.id.as_bytes())
 }
 
 /// A NIP-09 deletion request by `keys` of the events `targets`.
@@ -862,10 +852,7 @@ async fn replaceable_kinds_keep_only_the_newest_version() {
     let mut expected: Vec<&Event> = newest.iter().collect();
     expected.push(&other);
     assert_eq!(got, newest_first(&expected));
-    let db = open_db(&relay);
-    let stored: i64 = db
-        .query_row("SELECT count(*) FROM event", [], |row| row.get(0))
-        .unwrap();
+    let stored = relay.stored().integer("SELECT count(*) FROM event");
     assert_eq!(stored, 4, "replaced versions are still in the database");
 
     // A d tag means nothing for a replaceable kind: the address is
@@ -1013,7 +1000,7 @@ async fn ephemeral_events_reach_live_subscribers_and_are_never_stored() {
             .await
             .is_empty()
     );
-    assert_eq!(rows_for(&open_db(&relay), &ephemeral), 0);
+    assert_eq!(rows_for(&relay.stored(), &ephemeral), 0);
 }
 
 #[tokio::test]
@@ -1046,7 +1033,7 @@ async fn kind_22242_is_refused_and_never_broadcast() {
             .await
             .is_empty()
     );
-    assert_eq!(rows_for(&open_db(&relay), &auth), 0);
+    assert_eq!(rows_for(&relay.stored(), &auth), 0);
 }
 
 #[tokio::test]
@@ -1326,13 +1313,11 @@ async fn events_are_served_in_canonical_form_byte_for_byte() {
         format!("[\"EOSE\",{}]", serde_json::to_string(sub_id).unwrap())
     );
     // And it is what the database holds.
-    let stored: String = open_db(&relay)
-        .query_row(
-            "SELECT json FROM event WHERE id = ?1",
-            [e.id.as_bytes().to_vec()],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let db = relay.stored();
+    let stored = db.value(&format!(
+        "SELECT json FROM event WHERE id = {}",
+        db.bytes(e.id.as_bytes())
+    ));
     assert_eq!(stored, canonical);
 }
 
@@ -1392,7 +1377,7 @@ async fn a_deletion_by_the_author_removes_the_event_and_blocks_it() {
             .await
             .is_empty()
     );
-    assert_eq!(rows_for(&open_db(&relay), &target), 0);
+    assert_eq!(rows_for(&relay.stored(), &target), 0);
     // "Relays SHOULD continue to publish/share the deletion request events
     // indefinitely"
     assert_eq!(
@@ -1730,15 +1715,12 @@ async fn expired_events_are_purged_from_the_database() {
     let lasting = event(&a, 1, "keep me", &[&["t", "ttl"]], now());
     accept(&mut c, &fleeting).await;
     accept(&mut c, &lasting).await;
-    let db = open_db(&relay);
+    let db = relay.stored();
     assert_eq!(rows_for(&db, &fleeting), 1, "stored once OK true is sent");
-    let seq: i64 = db
-        .query_row(
-            "SELECT seq FROM event WHERE id = ?1",
-            [fleeting.id.as_bytes().to_vec()],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let seq = db.integer(&format!(
+        "SELECT seq FROM event WHERE id = {}",
+        db.bytes(fleeting.id.as_bytes())
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     while rows_for(&db, &fleeting) > 0 {
         assert!(
@@ -1748,13 +1730,7 @@ async fn expired_events_are_purged_from_the_database() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(now() >= expiration, "purged before it expired");
-    let tags: i64 = db
-        .query_row(
-            "SELECT count(*) FROM tag WHERE event_seq = ?1",
-            [seq],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let tags = db.integer(&format!("SELECT count(*) FROM tag WHERE event_seq = {seq}"));
     assert_eq!(tags, 0, "its tag rows are purged too");
     assert_eq!(rows_for(&db, &lasting), 1);
     assert_eq!(

@@ -845,7 +845,8 @@ fn yaml_outline(text: &str) -> Vec<(String, String)> {
             format!("{parent}.{key}")
         };
         let value = value.trim();
-        if value.is_empty() {
+        // `key: &anchor` opens a mapping too.
+        if value.is_empty() || value.starts_with('&') {
             stack.push((indent, key.to_owned()));
         }
         outline.push((path, unquote(value)));
@@ -906,6 +907,67 @@ fn docker_compose_runs_the_image_with_a_volume_and_a_healthcheck() {
         let name = path.rsplit('.').next().unwrap();
         assert!(known.contains(&name), "{name}: unknown to the binary");
     }
+}
+
+#[test]
+fn the_cluster_compose_file_runs_three_nodes_on_postgres_and_nats_behind_nginx() {
+    let outline = yaml_outline(&repo_file("docker-compose.cluster.yml"));
+    let get = |path: &str| -> Vec<&str> {
+        outline
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let image = image();
+    // Every node merges the one relay definition and is named by its host name.
+    for node in ["relay-a", "relay-b", "relay-c"] {
+        assert_eq!(get(&format!("services.{node}.<<")), ["*relay"], "{node}");
+        assert_eq!(get(&format!("services.{node}.hostname")), [node]);
+    }
+    assert_eq!(get("x-relay"), ["&relay"]);
+    let volumes = get("x-relay.volumes[]");
+    assert_eq!(
+        volumes,
+        [format!("./contrib/cluster/relay.toml:{}:ro", image.config)],
+        "the cluster config, read-only, where the image reads it"
+    );
+    let url = get("x-relay.environment.NOSTR_RELAYD_POSTGRES_URL");
+    assert_eq!(url.len(), 1);
+    assert!(url[0].contains("@postgres:5432/"), "{url:?}");
+    let test: Vec<String> = serde_json::from_str(get("x-relay.healthcheck.test")[0]).unwrap();
+    assert_eq!(test[1..], image.healthcheck[..], "the image's own check");
+    assert!(get("services.postgres.image")[0].starts_with("postgres:"));
+    assert!(get("services.nats.image")[0].starts_with("nats:"));
+    assert_eq!(
+        get("services.nginx.volumes[]"),
+        ["./contrib/cluster/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    );
+
+    // The nodes' config: PostgreSQL, the compose file's NATS, nginx trusted.
+    let mut config =
+        nostr_relayd::Config::from_toml(&repo_file("contrib/cluster/relay.toml")).unwrap();
+    config.apply_env(|name| {
+        (name == nostr_relayd::config::ENV_POSTGRES_URL).then(|| url[0].to_owned())
+    });
+    config.validate().unwrap();
+    assert_eq!(config.storage.backend, nostr_relayd::config::Backend::Postgres);
+    assert_eq!(config.cluster.nats_url, "nats://nats:4222");
+    assert_eq!(config.cluster.node_name, "", "each node takes its host name");
+    let subnet = get("networks.cluster.ipam.config[]");
+    assert_eq!(subnet, ["subnet: 172.28.0.0/16"]);
+    assert_eq!(config.network.trusted_proxies, ["172.28.0.0/16"]);
+
+    // nginx balances over the three nodes, on the port they listen on, and
+    // passes WebSocket upgrades.
+    let nginx = repo_file("contrib/cluster/nginx.conf");
+    let port = port_of(&config.listen);
+    for node in ["relay-a", "relay-b", "relay-c"] {
+        assert!(nginx.contains(&format!("server {node}:{port} ")), "{node}");
+    }
+    assert!(nginx.contains("proxy_set_header Upgrade $http_upgrade;"));
+    assert!(nginx.contains("proxy_set_header X-Forwarded-For"));
+    assert!(!nginx.contains("ip_hash") && !nginx.contains("sticky"));
 }
 
 // ---- systemd ---------------------------------------------------------------

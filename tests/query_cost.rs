@@ -5,12 +5,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
-use nostr_relayd::config::Durability;
 use nostr_relayd::nostr::{CanonicalEvent, Event};
-use nostr_relayd::store::{Store, StoreOptions};
 use serde_json::json;
 
 fn hex32(n: u32) -> String {
@@ -46,14 +43,11 @@ async fn long_lists_are_refused_and_the_limit_itself_is_served() {
 /// 60,000 notes that all reference one event: a filter on that `e` tag
 /// and an absent `p` tag must read every one of them to find nothing.
 async fn large_database(path: &std::path::Path) -> String {
-    let options = StoreOptions {
-        durability: Durability::Normal,
-        max_database_bytes: 0,
-        reader_threads: 1,
-        max_write_batch: 1024,
-        query_timeout: Duration::from_secs(60),
-    };
-    let store = Arc::new(Store::open(path, &options, Box::new(|_| {})).unwrap());
+    let mut config = test_config(path.parent().expect("a directory"));
+    config.database = path.to_path_buf();
+    config.storage.reader_threads = 1;
+    config.storage.query_timeout_ms = 60_000;
+    let store = Arc::new(open_store(&mut config).await);
     let root = hex32(7);
     let base = now() as i64 - 100_000;
     for chunk in 0..60 {

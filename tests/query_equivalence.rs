@@ -4,16 +4,16 @@
 //! id, per (author, kind), per tag value, the kind scan for home feeds, and
 //! its fallback when the followed authors are too quiet for the scan.
 
+mod common;
+
 use nostr_relayd::privacy::Readers;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::join_all;
-use nostr_relayd::config::Durability;
 use nostr_relayd::corpus::Corpus;
 use nostr_relayd::nostr::{CanonicalEvent, Event, Filter, KindClass};
-use nostr_relayd::store::{QueryLimits, Store, StoreOptions};
+use nostr_relayd::store::QueryLimits;
 use serde_json::{Value, json};
 
 const NOW: i64 = 1_800_000_000;
@@ -52,15 +52,11 @@ fn surviving(events: Vec<Event>) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_memory_agree_on_every_filter_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions {
-        durability: Durability::Normal,
-        max_database_bytes: 0,
-        reader_threads: 2,
-        max_write_batch: 1024,
-        query_timeout: Duration::from_secs(30),
-    };
-    let store =
-        Arc::new(Store::open(&dir.path().join("eq.sqlite"), &options, Box::new(|_| {})).unwrap());
+    let mut config = common::test_config(dir.path());
+    config.database = dir.path().join("eq.sqlite");
+    config.storage.reader_threads = 2;
+    config.storage.query_timeout_ms = 30_000;
+    let store = Arc::new(common::open_store(&mut config).await);
     let mut corpus = Corpus::new(42, 200, NOW);
     let events: Vec<Event> = (0..4000).map(|_| corpus.next_unsigned().1).collect();
     for chunk in events.chunks(500) {

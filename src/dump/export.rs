@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::nostr::Filter;
 use crate::nostr::event::MAX_TIMESTAMP;
 use crate::store::query::Order;
-use crate::store::{self, StoreError, unix_now};
+use crate::store::{self, Store, StoreError, unix_now};
 
 /// `nostr-relayd export` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,6 +51,71 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
+/// Where the events are read from.
+enum Source {
+    /// One read transaction on the file: a consistent snapshot.
+    Sqlite(rusqlite::Connection),
+    /// The PostgreSQL store, on a runtime of its own.
+    Postgres(Store, tokio::runtime::Runtime),
+}
+
+impl Source {
+    fn open(config: &Config) -> Result<Source, StoreError> {
+        match config.storage.backend {
+            Backend::Sqlite => {
+                store::open_connection(&config.database, config.storage.durability, true)
+                    .map(Source::Sqlite)
+            }
+            Backend::Postgres => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Other(e.to_string()))?;
+                let options = store::postgres_options(config);
+                let store =
+                    runtime.block_on(Store::open_postgres(&options, Box::new(|_| {})))?;
+                Ok(Source::Postgres(store, runtime))
+            }
+        }
+    }
+
+    /// Hands each selected event's JSON to `write`; returns how many.
+    fn each_event(
+        &self,
+        filter: &Filter,
+        order: Order,
+        write: &mut dyn FnMut(&str) -> io::Result<()>,
+    ) -> Result<u64, Failure> {
+        match self {
+            Source::Sqlite(conn) => {
+                store::export::each_event(conn, filter, order, unix_now(), |json| {
+                    write(json).map_err(Failure::Write)
+                })
+            }
+            Source::Postgres(store, runtime) => {
+                // The write error is kept aside: the store only sees that
+                // the callback failed.
+                let mut failed: Option<io::Error> = None;
+                let mut each = |json: &str| {
+                    write(json).map_err(|error| {
+                        let kind = error.kind();
+                        failed = Some(error);
+                        io::Error::from(kind)
+                    })
+                };
+                let outcome =
+                    runtime.block_on(store.export_each(filter, order, unix_now(), &mut each));
+                match (outcome, failed) {
+                    (_, Some(error)) => Err(Failure::Write(error)),
+                    (Ok(count), None) => Ok(count),
+                    (Err(error), None) => Err(Failure::Store(error)),
+                }
+            }
+        }
+    }
+}
+
 /// Runs `nostr-relayd export`.
 pub fn run(config: &Config, args: &ExportArgs) -> ExitCode {
     let filter = match export_filter(args) {
@@ -60,10 +125,10 @@ pub fn run(config: &Config, args: &ExportArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let conn = match store::open_connection(&config.database, config.storage.durability, true) {
-        Ok(conn) => conn,
+    let source = match Source::open(config) {
+        Ok(source) => source,
         Err(error) => {
-            eprintln!("error: cannot open {}: {error}", config.database.display());
+            eprintln!("error: cannot open the {}: {error}", config.database_label());
             return ExitCode::FAILURE;
         }
     };
@@ -84,12 +149,12 @@ pub fn run(config: &Config, args: &ExportArgs) -> ExitCode {
         Order::NewestFirst
     };
     let started = Instant::now();
-    let outcome = store::export::each_event(&conn, &filter, order, unix_now(), |json| {
-        out.write_all(json.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(Failure::Write)
-    })
-    .and_then(|count| {
+    let outcome = source
+        .each_event(&filter, order, &mut |json| {
+            out.write_all(json.as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+        })
+        .and_then(|count| {
         out.flush().map_err(Failure::Write)?;
         Ok(count)
     });

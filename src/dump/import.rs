@@ -38,7 +38,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::access::{AccessLists, Seed};
-use crate::config::{Config, Limits};
+use crate::config::{Backend, Config, Limits};
 use crate::ingest::names_this_relay;
 use crate::nostr::{CanonicalEvent, Event, KindClass, kind};
 use crate::policy::WritePolicy;
@@ -266,7 +266,7 @@ pub fn run(config: &Config, args: &ImportArgs) -> ExitCode {
             (Box::new(io::stdin().lock()), None)
         }
     };
-    let (store, rules) = match open(config, args) {
+    let (store, rules, _runtime) = match open(config, args) {
         Ok(opened) => opened,
         Err(error) => {
             eprintln!("error: {error}");
@@ -303,24 +303,48 @@ pub fn run(config: &Config, args: &ImportArgs) -> ExitCode {
     }
 }
 
-/// The database (its own writer thread, created and migrated if need be)
-/// and the rules, with the lists as stored now.
-fn open(config: &Config, args: &ImportArgs) -> Result<(Store, Rules), String> {
-    let path = &config.database;
-    let options = StoreOptions {
-        durability: config.storage.durability,
-        max_database_bytes: config.storage.max_database_bytes,
-        reader_threads: 1,
-        max_write_batch: config.storage.max_write_batch,
-        query_timeout: Duration::from_secs(60),
+/// The database (its own writer, created and migrated if need be), the
+/// runtime a PostgreSQL store runs on, and the rules, with the lists as
+/// stored now.
+fn open(
+    config: &Config,
+    args: &ImportArgs,
+) -> Result<(Store, Rules, Option<tokio::runtime::Runtime>), String> {
+    let cannot_open = |e: StoreError| format!("cannot open the {}: {e}", config.database_label());
+    let (store, stored, runtime) = match config.storage.backend {
+        Backend::Sqlite => {
+            let path = &config.database;
+            let options = StoreOptions {
+                reader_threads: 1,
+                query_timeout: Duration::from_secs(60),
+                ..StoreOptions::from_config(config)
+            };
+            // No commit hook: nobody here subscribes.
+            let store = Store::open(path, &options, Box::new(|_| {})).map_err(cannot_open)?;
+            let conn = store::open_connection(path, config.storage.durability, true)
+                .map_err(cannot_open)?;
+            let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
+            (store, stored, None)
+        }
+        Backend::Postgres => {
+            // The writer is a task: it needs a runtime beside this thread,
+            // which queues events and waits for their outcomes.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            let options = crate::store::postgres_options(config);
+            let (store, stored) = runtime.block_on(async {
+                let store = Store::open_postgres(&options, Box::new(|_| {})).await?;
+                let stored = store.lists().await?;
+                Ok::<_, StoreError>((store, stored))
+            })
+            .map_err(cannot_open)?;
+            (store, stored, Some(runtime))
+        }
     };
-    // No commit hook: nobody here subscribes.
-    let store = Store::open(path, &options, Box::new(|_| {}))
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let conn = store::open_connection(path, config.storage.durability, true)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let seed = Seed::from_config(&config.access)?;
-    let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
     let policy = if args.apply_policy {
         WritePolicy::new(&config.limits)
     } else {
@@ -342,7 +366,7 @@ fn open(config: &Config, args: &ImportArgs) -> Result<(Store, Rules), String> {
         relay_url: config.relay_url.clone(),
         now: unix_now(),
     };
-    Ok((store, rules))
+    Ok((store, rules, runtime))
 }
 
 type Pending = (u16, oneshot::Receiver<Result<WriteOutcome, StoreError>>);

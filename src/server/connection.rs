@@ -7,11 +7,11 @@
 //! reports the newest commit it could see (its snapshot), so after EOSE the
 //! buffered and later live events are sent only if committed after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Shared;
 use crate::auth;
-use crate::fanout::{Deliveries, Delivery, Mailbox, Overflow, SubscriptionKey};
+use crate::fanout::{Deliveries, Delivery, Interruptions, Mailbox, Overflow, SubscriptionKey};
 use crate::ingest::Origin;
 use crate::nostr::message::{self, quote};
 use crate::nostr::{ClientMessage, Filter, Rejection};
@@ -133,8 +133,40 @@ enum Phase {
         /// The query's task, aborted if the subscription ends first.
         query: AbortHandle,
     },
-    /// EOSE sent; live events committed after `snapshot` are forwarded.
-    Live { snapshot: u64 },
+    /// EOSE sent; live events committed after `snapshot` are forwarded,
+    /// except, for a while, those the stored query already sent.
+    Live {
+        snapshot: u64,
+        sent: Option<Box<SentIds>>,
+    },
+}
+
+/// The ids a stored query sent, when the store has no single commit order
+/// to compare with (PostgreSQL, several nodes): a live event committed
+/// before the query's snapshot may still be on its way from another node
+/// through NATS, and must not reach the client a second time. Kept for
+/// [`SENT_IDS_WINDOW`] after EOSE, far longer than NATS takes.
+struct SentIds {
+    ids: HashSet<[u8; 32]>,
+    until: Instant,
+}
+
+/// How long a subscription remembers the ids its stored query sent.
+const SENT_IDS_WINDOW: Duration = Duration::from_secs(10);
+
+impl SentIds {
+    fn new(ids: Vec<[u8; 32]>) -> Option<Box<SentIds>> {
+        (!ids.is_empty()).then(|| {
+            Box::new(SentIds {
+                ids: ids.into_iter().collect(),
+                until: Instant::now() + SENT_IDS_WINDOW,
+            })
+        })
+    }
+
+    fn holds(&self, id: &[u8; 32]) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 struct Subscription {
@@ -275,6 +307,7 @@ pub async fn serve(
     let live = shared.live.load_full();
     let network = &live.config.network;
     let (mailbox, mut deliveries, overflow) = shared.fanout.mailbox(network.send_queue_events);
+    let interruptions = deliveries.interruptions();
     let (replies, mut reply_queue) = mpsc::channel(
         network.max_events_in_flight
             + live.config.limits.max_subscriptions
@@ -334,6 +367,7 @@ pub async fn serve(
         let step = tokio::select! {
             _ = shutdown.recv() => Err(Box::pin(session.drain(&mut stream, &mut reply_queue)).await),
             _ = session.overflow.notify.notified() => Box::pin(session.on_overflow()).await,
+            _ = interruptions.notify.notified() => Box::pin(session.on_interrupted(&interruptions)).await,
             Some(reply) = reply_queue.recv() => Box::pin(session.on_reply(reply)).await,
             Some(delivery) = deliveries.recv() => session.on_delivery(delivery).await,
             _ = tokio::time::sleep_until(neg_idle_at.unwrap_or_else(tokio::time::Instant::now)),
@@ -760,7 +794,10 @@ impl Session {
                 query: self.spawn_query(sub_id.clone(), generation, filters),
             }
         } else {
-            Phase::Live { snapshot: 0 }
+            Phase::Live {
+                snapshot: 0,
+                sent: None,
+            }
         };
         let eose = (!needs_query).then(|| message::eose(&quoted_id));
         self.subscriptions.insert(
@@ -964,10 +1001,25 @@ impl Session {
             }
         };
         let snapshot = result.snapshot;
-        let buffered = match std::mem::replace(&mut subscription.phase, Phase::Live { snapshot }) {
+        let sent = SentIds::new(result.sent_ids);
+        let buffered = match std::mem::replace(
+            &mut subscription.phase,
+            Phase::Live {
+                snapshot,
+                sent: None,
+            },
+        ) {
             Phase::Loading { buffer, .. } => buffer,
             Phase::Live { .. } => Vec::new(),
         };
+        let buffered: Vec<Delivery> = match &sent {
+            Some(sent) => buffered
+                .into_iter()
+                .filter(|d| !sent.holds(&d.event.event.id))
+                .collect(),
+            None => buffered,
+        };
+        subscription.phase = Phase::Live { snapshot, sent };
         let quoted_id = subscription.quoted_id.clone();
         for json in &result.events {
             self.send_text(message::event_frame(&quoted_id, json))
@@ -1002,9 +1054,16 @@ impl Session {
                 buffer.push(delivery);
                 Ok(())
             }
-            Phase::Live { snapshot } => {
+            Phase::Live { snapshot, sent } => {
                 if !is_after(&delivery, *snapshot) {
                     return Ok(());
+                }
+                if let Some(ids) = sent {
+                    if ids.until <= Instant::now() {
+                        *sent = None;
+                    } else if ids.holds(&delivery.event.event.id) {
+                        return Ok(());
+                    }
                 }
                 let frame = message::event_frame(&subscription.quoted_id, &delivery.event.json);
                 self.send_text(frame).await
@@ -1023,6 +1082,21 @@ impl Session {
         );
         let _ = self.send_text(notice).await;
         Err(Exit::Close(CloseCode::Policy, "too slow"))
+    }
+
+    /// The relay ended some of this connection's subscriptions
+    /// (`Fanout::interrupt_all`: they may have missed live events): each
+    /// gets `CLOSED` with the reason, so that its client subscribes again.
+    async fn on_interrupted(&mut self, interruptions: &Interruptions) -> Result<(), Exit> {
+        for (key, reason) in interruptions.take() {
+            // A key no longer named was closed or replaced meanwhile.
+            let Some(sub_id) = self.names.get(&key).cloned() else {
+                continue;
+            };
+            self.close_subscription(&sub_id);
+            self.send_text(message::closed(&sub_id, &reason)).await?;
+        }
+        Ok(())
     }
 
     fn close_subscription(&mut self, sub_id: &str) {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::access::{self, AccessControl};
-use crate::config::{Config, ConfigError};
+use crate::config::{Backend, Config, ConfigError};
 use crate::fanout::Fanout;
 use crate::ingest::Ingester;
 use crate::management::Management;
@@ -29,7 +29,7 @@ use crate::policy::WritePolicy;
 use crate::rate_limit::RateLimits;
 use crate::reload::{Live, ReloadReport};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
-use crate::store::{self, Store, StoreOptions};
+use crate::store::{self, CommitHook, Store};
 use crate::worker_pool::WorkerPool;
 
 /// State every connection shares.
@@ -72,6 +72,9 @@ pub struct RunningRelay {
     shared: Arc<Shared>,
     trigger: ShutdownTrigger,
     task: JoinHandle<Stopped>,
+    /// The cluster's NATS tasks, when `[cluster]` is set; they stop at
+    /// shutdown.
+    _cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 /// How a stop ended.
@@ -145,41 +148,43 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         .map_err(|e| StartError(e.to_string()))?
         .map(Arc::new);
     let fanout = Arc::new(Fanout::new());
-    let options = StoreOptions {
-        durability: config.storage.durability,
-        max_database_bytes: config.storage.max_database_bytes,
-        reader_threads: config.storage.reader_threads,
-        max_write_batch: config.storage.max_write_batch,
-        query_timeout: Duration::from_millis(config.storage.query_timeout_ms),
+    let (outbox, pending) = match config.cluster.enabled() {
+        true => {
+            let (outbox, pending) = crate::cluster::outbox();
+            (Some(outbox), Some(pending))
+        }
+        false => (None, None),
     };
     let committed_to = fanout.clone();
-    let store = Store::open(
-        &config.database,
-        &options,
-        Box::new(move |committed| {
-            for c in committed {
-                committed_to.publish(&c.event, Some(c.seq));
-            }
-        }),
-    )
-    .map_err(|e| {
-        StartError(format!(
-            "cannot open database {}: {e}",
-            config.database.display()
-        ))
-    })?;
+    let cluster_outbox = outbox.clone();
+    // SQLite commits in one order that a query's snapshot can be compared
+    // with; PostgreSQL (several nodes) is deduplicated by event id.
+    let ordered = config.storage.backend == Backend::Sqlite;
+    let on_commit: CommitHook = Box::new(move |committed| {
+        for c in committed {
+            committed_to.publish(&c.event, ordered.then_some(c.seq));
+        }
+        if let Some(outbox) = &cluster_outbox {
+            outbox.committed(committed);
+        }
+    });
+    let store = Store::open_configured(&config, on_commit)
+        .await
+        .map_err(|e| StartError(format!("cannot open {}: {e}", config.database_label())))?;
     // NIP-50: the index holds the kinds relay.toml names (rebuilt if not).
     store
         .configure_search(config.search.indexed_kinds())
         .await
         .map_err(|e| StartError(format!("cannot prepare the search index: {e}")))?;
     let store = Arc::new(store);
-    let access = AccessControl::open(&config).map_err(|e| {
-        StartError(format!(
-            "cannot read the access lists from {}: {e}",
-            config.database.display()
-        ))
-    })?;
+    let access = AccessControl::open_with(&config, store.clone())
+        .await
+        .map_err(|e| {
+            StartError(format!(
+                "cannot read the access lists from the {}: {e}",
+                config.database_label()
+            ))
+        })?;
     let access = Arc::new(access);
     let addr = config
         .listen_addr()
@@ -196,14 +201,14 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         .transpose()
         .map_err(|e| StartError(e.to_string()))?;
     let checker_connections = (0..config.verify_threads())
-        .map(|_| store::open_connection(&config.database, config.storage.durability, true))
+        .map(|_| match config.storage.backend {
+            Backend::Sqlite => {
+                store::open_connection(&config.database, config.storage.durability, true).map(Some)
+            }
+            Backend::Postgres => Ok(None),
+        })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            StartError(format!(
-                "cannot open database {}: {e}",
-                config.database.display()
-            ))
-        })?;
+        .map_err(|e| StartError(format!("cannot open {}: {e}", config.database_label())))?;
     let checkers =
         WorkerPool::start("check", checker_connections).map_err(|e| StartError(e.to_string()))?;
     let shared = Arc::new(Shared {
@@ -214,6 +219,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
             policy: WritePolicy::new(&config.limits),
             access: access.clone(),
             plugin: crate::plugin::WritePlugin::start(&config.plugin),
+            cluster: outbox,
         },
         live: ArcSwap::from_pointee(Live::new(config.clone())),
         management: Management::new(&config),
@@ -234,6 +240,21 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         fanout,
     });
     let (trigger, shutdown) = shutdown::channel();
+    let cluster = match pending {
+        Some(pending) => Some(
+            crate::cluster::start(
+                &shared.config,
+                shared.config.node_name(),
+                pending,
+                shared.store.clone(),
+                shared.fanout.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| StartError(format!("cannot join the cluster: {e}")))?,
+        ),
+        None => None,
+    };
     log_started(&shared.config, local_addr);
     if shared.config.auth.enabled && shared.config.relay_url.is_empty() {
         tracing::warn!(
@@ -254,6 +275,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         shared,
         trigger,
         task,
+        _cluster: cluster,
     })
 }
 
@@ -312,8 +334,7 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> 
         // It stops by itself at shutdown, between two batches.
         retention.abort();
     }
-    let store = shared.store.clone();
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    shared.store.shutdown().await;
     tracing::info!("relay stopped");
     stopped
 }
@@ -382,7 +403,9 @@ fn log_started(config: &Config, local_addr: SocketAddr) {
         version = crate::VERSION,
         listen = %local_addr,
         tls = !config.tls_cert.as_os_str().is_empty(),
-        database = %config.database.display(),
+        database = %config.database_label(),
+        cluster = %or_unset(&config.cluster.nats_url),
+        node = %config.node_name(),
         relay_url = %or_unset(&config.relay_url),
         auth = config.auth.enabled,
         auth_required_for_write = config.auth.required_for_write,

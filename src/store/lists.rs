@@ -99,7 +99,7 @@ pub struct Report {
 
 /// Most reports listed at once: a moderation queue longer than this is
 /// worked through from its newest end.
-const MAX_REPORTS_LISTED: i64 = 1000;
+pub(crate) const MAX_REPORTS_LISTED: i64 = 1000;
 
 /// Longest stored report reason; a report's free text is the reporter's.
 const MAX_REPORT_REASON: usize = 300;
@@ -321,21 +321,7 @@ pub fn record_report(tx: &Connection, report: &Event) -> rusqlite::Result<()> {
         let Some(target) = decode_lower::<32>(&tag[1]) else {
             continue;
         };
-        let kind = tag.get(2).map(String::as_str).unwrap_or_default();
-        let mut reason = match (kind.is_empty(), report.content.trim()) {
-            (true, "") => "reported".to_owned(),
-            (false, "") => kind.to_owned(),
-            (true, text) => text.to_owned(),
-            (false, text) => format!("{kind}: {text}"),
-        };
-        if reason.len() > MAX_REPORT_REASON {
-            let mut cut = MAX_REPORT_REASON;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
-            reason.push('…');
-        }
+        let reason = report_reason(tag, &report.content);
         insert.execute(params![
             &target[..],
             &report.pubkey[..],
@@ -345,6 +331,28 @@ pub fn record_report(tx: &Connection, report: &Event) -> rusqlite::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// The stored reason of one report `e` tag: its report type (the tag's
+/// third element) and the report's text, cut to [`MAX_REPORT_REASON`].
+/// Both backends record reports with it.
+pub(crate) fn report_reason(tag: &[String], content: &str) -> String {
+    let kind = tag.get(2).map(String::as_str).unwrap_or_default();
+    let mut reason = match (kind.is_empty(), content.trim()) {
+        (true, "") => "reported".to_owned(),
+        (false, "") => kind.to_owned(),
+        (true, text) => text.to_owned(),
+        (false, text) => format!("{kind}: {text}"),
+    };
+    if reason.len() > MAX_REPORT_REASON {
+        let mut cut = MAX_REPORT_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
 }
 
 /// Reported events not yet banned nor allowed, newest report first. A
@@ -362,6 +370,13 @@ pub fn reports(conn: &Connection) -> rusqlite::Result<Vec<Report>> {
             Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(group_reports(rows))
+}
+
+/// One [`Report`] per reported event, in the order of `rows` (event id,
+/// reason: one row per reporter, newest first), its distinct reasons
+/// joined. Both backends list reports with it.
+pub(crate) fn group_reports(rows: Vec<(Vec<u8>, String)>) -> Vec<Report> {
     let mut reports: Vec<Report> = Vec::new();
     let mut reasons: Vec<Vec<String>> = Vec::new();
     for (id, reason) in rows {
@@ -388,7 +403,7 @@ pub fn reports(conn: &Connection) -> rusqlite::Result<Vec<Report>> {
     for (report, reasons) in reports.iter_mut().zip(reasons) {
         report.reason = reasons.join("; ");
     }
-    Ok(reports)
+    reports
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! Event storage in SQLite: one writer thread with group commit, a pool of
-//! reader connections, numbered migrations.
+//! Event storage behind one narrow interface, [`Store`], with two backends:
+//! SQLite (`sqlite.rs` and the modules beside it: the default, one file, the
+//! fastest on one machine) and PostgreSQL (`postgres/`: one database that
+//! several relay nodes share).
 //!
 //! The store knows nothing of sockets: it takes events and filters, and
-//! gives back outcomes and stored JSON. See `ARCHITECTURE.md` for the schema.
+//! gives back outcomes and stored JSON. Everything above it (NIP-01 rules in
+//! `ingest`, fan-out, NIP-45/50/77, moderation, import/export) calls the
+//! same methods whichever backend answers. See `ARCHITECTURE.md` for the
+//! schemas.
 
 mod checkpoint;
 pub mod count;
@@ -17,22 +22,24 @@ pub mod search;
 mod sql;
 pub mod stats;
 pub mod postgres;
+pub mod sqlite;
 pub mod writer;
 
-use crate::privacy::Readers;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::ErrorCode;
 use tokio::sync::oneshot;
 
-use crate::config::Durability;
+use crate::config::{Backend as BackendKind, Config, Durability};
 use crate::nostr::{CanonicalEvent, Event, Filter};
-use crate::worker_pool::WorkerPool;
+use crate::privacy::Readers;
 pub use count::CountResult;
-pub use query::{QueryLimits, QueryResult};
-use writer::WriteJob;
+use lists::{Edit, Report, StoredLists};
+use postgres::{PgOptions, PgStore};
+pub use query::{Order, QueryLimits, QueryResult};
+pub use sqlite::{SqliteStore, freshness, open_connection};
 pub use writer::{CommitHook, Committed};
 
 /// What became of an event handed to the writer.
@@ -111,91 +118,120 @@ pub struct StoreOptions {
     pub query_timeout: Duration,
 }
 
-/// Handle to the database: cheap to share behind an `Arc`.
+/// Handle to the database, whichever backend holds it: cheap to share
+/// behind an `Arc`. Each method says where the backends differ.
 pub struct Store {
-    writer: crossbeam_channel::Sender<WriteJob>,
-    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    readers: WorkerPool<Connection>,
-    query_timeout: Duration,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(SqliteStore),
+    /// With the runtime its writer and pool run on, for [`Store::close`]
+    /// from a thread outside it.
+    Postgres(PgStore, tokio::runtime::Handle),
+}
+
+/// What a method needs that only one backend has.
+fn unsupported(what: &str, backend: &str) -> StoreError {
+    StoreError::Other(format!("{what} is not available with the {backend} backend"))
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, applies migrations,
-    /// and starts the writer and readers. `on_commit` sees every committed
-    /// event, in commit order.
+    /// Opens (creating if needed) the SQLite database at `path`, applies
+    /// migrations, and starts the writer and readers. `on_commit` sees every
+    /// committed event, in commit order.
     pub fn open(
         path: &Path,
         options: &StoreOptions,
         on_commit: CommitHook,
     ) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let mut writer_conn = open_connection(path, options.durability, false)?;
-        schema::migrate(&mut writer_conn, path).map_err(|e| StoreError::Other(e.to_string()))?;
-        // The writer's working set (the tops of every index) stays cached.
-        writer_conn.pragma_update(None, "cache_size", -65_536)?;
-        let page_size: i64 = writer_conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
-        writer_conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            checkpoint::WRITER_CHECKPOINT_BYTES / page_size.max(512),
-        )?;
-        if options.max_database_bytes > 0 {
-            let pages = (options.max_database_bytes / page_size.max(512) as u64).max(1);
-            writer_conn.pragma_update(None, "max_page_count", pages as i64)?;
-        }
-        // After a reset, give the disk back beyond this size.
-        writer_conn.pragma_update(
-            None,
-            "journal_size_limit",
-            checkpoint::WRITER_CHECKPOINT_BYTES,
-        )?;
-        let checkpoint_conn = open_connection(path, options.durability, false)?;
-        let readers = (0..options.reader_threads)
-            .map(|_| open_connection(path, options.durability, true))
-            .collect::<Result<Vec<_>, _>>()?;
-        let readers =
-            WorkerPool::start("reader", readers).map_err(|e| StoreError::Other(e.to_string()))?;
-        let (writer, jobs) = crossbeam_channel::unbounded();
-        let (committed, commits) = crossbeam_channel::bounded(1);
-        std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || checkpoint::run(checkpoint_conn, commits))
-            .map_err(|e| StoreError::Other(e.to_string()))?;
-        let max_batch = options.max_write_batch;
-        let writer_thread = std::thread::Builder::new()
-            .name("writer".into())
-            .spawn(move || writer::run(writer_conn, jobs, max_batch, on_commit, committed))
-            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let sqlite = SqliteStore::open(path, options, on_commit)?;
         Ok(Store {
-            writer,
-            writer_thread: std::sync::Mutex::new(Some(writer_thread)),
-            readers,
-            query_timeout: options.query_timeout,
+            backend: Backend::Sqlite(sqlite),
         })
+    }
+
+    /// Connects to PostgreSQL, applies its migrations, and starts the
+    /// writer. `on_commit` sees every event this node commits, in its
+    /// commit order.
+    pub async fn open_postgres(
+        options: &PgOptions,
+        on_commit: CommitHook,
+    ) -> Result<Store, StoreError> {
+        let postgres = PgStore::open(options, on_commit).await?;
+        Ok(Store {
+            backend: Backend::Postgres(postgres, tokio::runtime::Handle::current()),
+        })
+    }
+
+    /// Opens the backend `config` names. SQLite's open blocks (migrations
+    /// may copy the file aside), so it runs on a blocking thread.
+    pub async fn open_configured(
+        config: &Config,
+        on_commit: CommitHook,
+    ) -> Result<Store, StoreError> {
+        let options = StoreOptions::from_config(config);
+        match config.storage.backend {
+            BackendKind::Sqlite => {
+                let path = config.database.clone();
+                tokio::task::spawn_blocking(move || Store::open(&path, &options, on_commit))
+                    .await
+                    .map_err(|e| StoreError::Other(e.to_string()))?
+            }
+            BackendKind::Postgres => {
+                Store::open_postgres(&postgres_options(config), on_commit).await
+            }
+        }
+    }
+
+    /// The SQLite backend, for the tools that work on the file itself
+    /// (backup, vacuum, retention planning, sync's bookkeeping).
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => Some(sqlite),
+            Backend::Postgres(..) => None,
+        }
+    }
+
+    /// Whether live events carry a commit sequence number that a query's
+    /// snapshot can be compared with (SQLite: one writer, one order). With
+    /// PostgreSQL, several nodes commit: a subscription drops by event id
+    /// the live events its stored query already sent.
+    pub fn orders_commits(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
     }
 
     /// Hands an event to the writer and waits for the commit.
     pub async fn insert(&self, event: Arc<CanonicalEvent>) -> Result<WriteOutcome, StoreError> {
-        let outcome = self.insert_queued(event)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.insert(event).await,
+            Backend::Postgres(postgres, _) => postgres.insert(event).await,
+        }
     }
 
     /// Hands an event to the writer without waiting: the receiver gets the
-    /// outcome once its commit returned (`blocking_recv` outside async
-    /// code). A bulk writer (`nostr-relayd import`) keeps thousands queued,
-    /// so that the writer commits them in groups of `max_write_batch`.
+    /// outcome once its commit returned. A bulk writer (`nostr-relayd
+    /// import`) keeps thousands queued, so that the writer commits them in
+    /// groups of `max_write_batch`.
     pub fn insert_queued(
         &self,
         event: Arc<CanonicalEvent>,
     ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        self.writer
-            .send(WriteJob::Insert { event, reply })
-            .map_err(|_| StoreError::Closed)?;
-        Ok(outcome)
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.insert_queued(event),
+            Backend::Postgres(postgres, _) => postgres.insert_queued(event),
+        }
+    }
+
+    /// The look-ups before the signature check: stored already, deleted,
+    /// vanished? SQLite answers these on the checker threads' own
+    /// connections ([`freshness`], in the same job as the signature check);
+    /// this is the PostgreSQL path.
+    pub async fn freshness(&self, event: &Event) -> Result<Freshness, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("an async freshness check", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.freshness(event).await,
+        }
     }
 
     /// Answers a REQ's filters within the query time budget.
@@ -205,37 +241,31 @@ impl Store {
         readers: Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let shape = crate::metrics::QueryShape::of_req(&filters);
-        let deadline = started + self.query_timeout;
-        let result = self
-            .readers
-            .run(move |conn| {
-                query::run(conn, &filters, &readers, limits, unix_now(), deadline)
-                    .map_err(StoreError::from)
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let result = match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.query(filters, readers, limits).await,
+            Backend::Postgres(postgres, _) => postgres.query(filters, readers, limits).await,
+        };
         crate::metrics::global().query_finished(shape, started.elapsed());
         result
     }
 
-    /// Events stored per kind class (`stats::CLASSES` order), from the
-    /// counts the database keeps, never by counting rows. Also the relay's
-    /// health probe: an answer proves a reader can read the database.
+    /// Events stored per kind class (`stats::CLASSES` order). Also the
+    /// relay's health probe: an answer proves a reader can read the database.
     pub async fn stored_by_class(&self) -> Result<[u64; 4], StoreError> {
-        self.readers
-            .run(|conn| stats::stored_by_class(conn).map_err(StoreError::from))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.stored_by_class().await,
+            Backend::Postgres(postgres, _) => postgres.stored_by_class().await,
+        }
     }
 
-    /// Whether the writer thread still runs (false once closed).
+    /// Whether the writer still runs (false once closed).
     pub fn writer_alive(&self) -> bool {
-        self.writer_thread
-            .lock()
-            .map(|handle| handle.as_ref().is_some_and(|h| !h.is_finished()))
-            .unwrap_or(false)
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.writer_alive(),
+            Backend::Postgres(postgres, _) => postgres.writer_alive(),
+        }
     }
 
     /// NIP-77: the `(created_at, id)` records `filter` gives this reader,
@@ -246,14 +276,10 @@ impl Store {
         readers: Readers,
         cap: usize,
     ) -> Result<negentropy::NegItems, StoreError> {
-        let deadline = Instant::now() + self.query_timeout;
-        self.readers
-            .run(move |conn| {
-                negentropy::items_for(conn, &filter, &readers, unix_now(), deadline, cap)
-                    .map_err(StoreError::from)
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.negentropy_items(filter, readers, cap).await,
+            Backend::Postgres(postgres, _) => postgres.negentropy_items(filter, readers, cap).await,
+        }
     }
 
     /// Answers a COUNT's filters (NIP-45) within the query time budget,
@@ -264,118 +290,164 @@ impl Store {
         readers: Readers,
         hll_offset: Option<u8>,
     ) -> Result<CountResult, StoreError> {
-        let deadline = Instant::now() + self.query_timeout;
-        self.readers
-            .run(move |conn| {
-                count::run(conn, &filters, &readers, hll_offset, unix_now(), deadline)
-                    .map_err(StoreError::from)
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.count(filters, readers, hll_offset).await,
+            Backend::Postgres(postgres, _) => postgres.count(filters, readers, hll_offset).await,
+        }
     }
 
     /// Makes the NIP-50 index hold exactly `kinds` (sorted; empty: search
-    /// off), rebuilding it on the writer thread when the database says
-    /// otherwise. Returns how many events were indexed, or None when the
-    /// index was already right.
+    /// off), rebuilding it when the database says otherwise. Returns how
+    /// many events were indexed, or None when the index was already right.
     pub async fn configure_search(&self, kinds: Vec<u16>) -> Result<Option<usize>, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        self.writer
-            .send(WriteJob::ConfigureSearch { kinds, reply })
-            .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.configure_search(kinds).await,
+            Backend::Postgres(postgres, _) => postgres.configure_search(kinds).await,
+        }
     }
 
     /// Deletes up to `batch` expired events; returns how many went.
     pub async fn purge_expired(&self, batch: usize) -> Result<usize, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        self.writer
-            .send(WriteJob::PurgeExpired {
-                now: unix_now(),
-                batch,
-                reply,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.purge_expired(batch).await,
+            Backend::Postgres(postgres, _) => postgres.purge_expired(batch).await,
+        }
     }
 
-    /// Deletes one bounded batch for retention (`retention.rs`) on the
-    /// writer thread, in its own short transaction, so that the relay's
-    /// writes go on between batches.
+    /// Deletes one bounded batch for retention (`retention.rs`) in its own
+    /// short transaction, so that the relay's writes go on between batches.
+    /// SQLite only: retention plans its batches on the file.
     pub async fn prune(&self, job: retention::PruneJob) -> Result<retention::Pruned, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        self.writer
-            .send(WriteJob::Prune { job, reply })
-            .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.prune(job).await,
+            Backend::Postgres(..) => Err(unsupported("retention", "PostgreSQL")),
+        }
     }
 
-    /// Lets the writer finish every queued job, then stops it. Blocks.
+    /// The moderation lists as stored (NIP-86, the admin CLI). `access`
+    /// reads SQLite's on its own connection; this is the PostgreSQL path.
+    pub async fn lists(&self) -> Result<StoredLists, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("async list reads", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.lists().await,
+        }
+    }
+
+    /// The lists' version, bumped by every edit (PostgreSQL path).
+    pub async fn lists_version(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("async list reads", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.lists_version().await,
+        }
+    }
+
+    /// Applies one moderation edit (PostgreSQL path); returns how many
+    /// stored events it deleted.
+    pub async fn apply_edit(
+        &self,
+        edit: &Edit,
+        seed_allowed_kinds: &[u16],
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("async list edits", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.apply_edit(edit, seed_allowed_kinds, now).await,
+        }
+    }
+
+    /// NIP-56 reports waiting for a moderator (PostgreSQL path).
+    pub async fn reports(&self) -> Result<Vec<Report>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("async report reads", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.reports().await,
+        }
+    }
+
+    /// Cluster backfill: the stored events node `node` committed with a
+    /// sequence number in `(after, through]`, ascending, at most `cap`.
+    pub async fn events_from_origin(
+        &self,
+        node: &str,
+        after: u64,
+        through: u64,
+        cap: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("cluster backfill", "SQLite")),
+            Backend::Postgres(postgres, _) => {
+                postgres.events_from_origin(node, after, through, cap).await
+            }
+        }
+    }
+
+    /// The size of the database in bytes, for /metrics, when the backend
+    /// is not a file `metrics::Monitor` measures itself.
+    pub async fn database_bytes(&self) -> Result<Option<u64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(postgres, _) => postgres.database_bytes().await.map(Some),
+        }
+    }
+
+    /// `nostr-relayd export` from PostgreSQL: every stored event `filter`
+    /// selects, in `order`, handed one at a time to `each`.
+    pub async fn export_each(
+        &self,
+        filter: &Filter,
+        order: Order,
+        now: i64,
+        each: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("async export", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.export_each(filter, order, now, each).await,
+        }
+    }
+
+    /// Lets the writer finish every queued job, then stops it. Blocks: call
+    /// it from a plain or blocking thread; on an async task use
+    /// [`Store::shutdown`].
     pub fn close(&self) {
-        let _ = self.writer.send(WriteJob::Stop);
-        let handle = self
-            .writer_thread
-            .lock()
-            .map(|mut h| h.take())
-            .unwrap_or(None);
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.close(),
+            // From a plain or blocking thread, never an async task.
+            Backend::Postgres(postgres, runtime) => runtime.block_on(postgres.close()),
+        }
+    }
+
+    /// [`Store::close`] for async callers.
+    pub async fn shutdown(self: &Arc<Self>) {
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                let store = self.clone();
+                let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            }
+            Backend::Postgres(postgres, _) => postgres.close().await,
         }
     }
 }
 
-/// Opens one connection with the pragmas every connection of the relay
-/// shares; tools and benchmarks that read the database directly use it too.
-pub fn open_connection(
-    path: &Path,
-    durability: Durability,
-    read_only: bool,
-) -> Result<Connection, StoreError> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+/// The PostgreSQL settings of a configuration.
+pub fn postgres_options(config: &Config) -> PgOptions {
+    PgOptions {
+        url: config.storage.postgres_url.clone(),
+        node: config.node_name(),
+        pool_size: config.storage.postgres_pool_size,
+        query_timeout: Duration::from_millis(config.storage.query_timeout_ms),
+        max_write_batch: config.storage.max_write_batch,
     }
-    let synchronous = match durability {
-        Durability::Normal => "NORMAL",
-        Durability::Full => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(None, "cache_size", -16_384)?;
-    conn.set_prepared_statement_cache_capacity(256);
-    // Without the query planner stability guarantee, SQLite (with STAT4)
-    // re-plans a cached statement whenever a bound value it planned on
-    // changes (LIMIT, time bounds), i.e. on nearly every run: measured at
-    // 12 µs per range query instead of 5 µs. Our statements name their
-    // index, so a fixed plan is exactly what we want.
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-        true,
-    )?;
-    rusqlite::vtab::array::load_module(&conn)?;
-    count::register_functions(&conn)?;
-    Ok(conn)
 }
 
-/// The cheap look-ups before the signature check, on any read connection:
-/// is this id stored, or forbidden by a deletion?
-pub fn freshness(conn: &Connection, event: &Event) -> Result<Freshness, StoreError> {
-    if sql::exists(conn, &event.id)? {
-        Ok(Freshness::Duplicate)
-    } else if sql::is_tombstoned(conn, event)? {
-        Ok(Freshness::Deleted)
-    } else if sql::has_vanished(conn, event)? {
-        Ok(Freshness::Vanished)
-    } else {
-        Ok(Freshness::New)
+impl StoreOptions {
+    /// The store settings of a configuration.
+    pub fn from_config(config: &Config) -> StoreOptions {
+        StoreOptions {
+            durability: config.storage.durability,
+            max_database_bytes: config.storage.max_database_bytes,
+            reader_threads: config.storage.reader_threads,
+            max_write_batch: config.storage.max_write_batch,
+            query_timeout: Duration::from_millis(config.storage.query_timeout_ms),
+        }
     }
 }
 

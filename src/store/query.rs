@@ -46,8 +46,14 @@ impl QueryLimits {
 pub struct QueryResult {
     pub events: Vec<String>,
     /// The newest commit sequence number the query could see: live events
-    /// with a higher number were committed after it.
+    /// with a higher number were committed after it. 0 when the backend
+    /// has no single commit order (PostgreSQL): see `sent_ids`.
     pub snapshot: u64,
+    /// The ids of `events`, from a backend without a single commit order
+    /// (PostgreSQL, where several nodes commit): the subscription drops the
+    /// live events among them instead of comparing sequence numbers. Empty
+    /// for SQLite.
+    pub sent_ids: Vec<[u8; 32]>,
 }
 
 /// One index range of a filter: the leading key values of its index.
@@ -580,6 +586,7 @@ fn run_in_snapshot(
     Ok(QueryResult {
         events,
         snapshot: u64::try_from(snapshot).unwrap_or(0),
+        sent_ids: Vec::new(),
     })
 }
 

@@ -66,11 +66,37 @@ pub enum SearchQuery {
     Match(String),
 }
 
+/// The terms of a NIP-50 `search` string, for any backend's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchTerms {
+    /// No word to look for: nothing matches.
+    Nothing,
+    /// Only `key:value` extensions, all ignored: no condition on the text.
+    Unconditional,
+    /// Words and phrases, each to be found (ANDed), in order, no duplicates.
+    Terms(Vec<String>),
+}
+
 /// Translates a NIP-50 `search` string into an FTS5 query that cannot
-/// carry FTS5 syntax. Bare words and `"quoted phrases"` (an unclosed quote
-/// runs to the end) become string literals; `key:value` extensions are
-/// dropped; terms without a letter or digit are dropped; duplicates too.
+/// carry FTS5 syntax: each of [`search_terms`] becomes a string literal.
 pub fn parse_query(search: &str) -> SearchQuery {
+    let terms = match search_terms(search) {
+        SearchTerms::Nothing => return SearchQuery::Nothing,
+        SearchTerms::Unconditional => return SearchQuery::Unconditional,
+        SearchTerms::Terms(terms) => terms,
+    };
+    let literals: Vec<String> = terms
+        .iter()
+        .map(|term| format!("\"{}\"", term.replace('"', "\"\"")))
+        .collect();
+    SearchQuery::Match(literals.join(" "))
+}
+
+/// Splits a NIP-50 `search` string into terms. Bare words and `"quoted
+/// phrases"` (an unclosed quote runs to the end) are terms; `key:value`
+/// extensions are dropped; terms without a letter or digit are dropped;
+/// duplicates too. Control characters become spaces.
+pub fn search_terms(search: &str) -> SearchTerms {
     let mut terms: Vec<String> = Vec::new();
     let mut extensions = false;
     let mut rest = search;
@@ -107,16 +133,12 @@ pub fn parse_query(search: &str) -> SearchQuery {
     }
     if terms.is_empty() {
         return if extensions {
-            SearchQuery::Unconditional
+            SearchTerms::Unconditional
         } else {
-            SearchQuery::Nothing
+            SearchTerms::Nothing
         };
     }
-    let literals: Vec<String> = terms
-        .iter()
-        .map(|term| format!("\"{}\"", term.replace('"', "\"\"")))
-        .collect();
-    SearchQuery::Match(literals.join(" "))
+    SearchTerms::Terms(terms)
 }
 
 /// A NIP-50 extension: `key:value`, the key a letter then letters, digits,

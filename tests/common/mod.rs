@@ -1,18 +1,28 @@
 //! Shared test harness: a relay on a temporary SQLite file (in-process on
 //! port 0, or the real binary), and a WebSocket client that speaks NIP-01.
 //! Events are built and signed with the independent `nostr` crate.
+//!
+//! The backend matrix: a test target named `<suite>_on_postgres` (a file
+//! holding just `#[path = "<suite>.rs"] mod suite;`) runs the same suite on
+//! PostgreSQL. Every relay this harness starts then stores its events in a
+//! fresh database of one throwaway cluster (services.rs), the one standing
+//! for its SQLite file path, so that a restart on the same file finds them.
 
 #![allow(dead_code)]
 
 pub mod provision;
+pub mod services;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nostr::prelude::*;
+use nostr_relayd::config::Backend;
 use nostr_relayd::{Config, RunningRelay};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -43,6 +53,150 @@ pub fn test_config(dir: &Path) -> Config {
     }
 }
 
+/// Whether this test binary runs its suite on PostgreSQL: it is a
+/// `*_on_postgres` target (decided at compile time, per test binary).
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_on_postgres")
+}
+
+/// The PostgreSQL database standing for the SQLite file `db`: created on
+/// first use, the same one for the same path for the rest of this process.
+pub fn postgres_url_for(db: &Path) -> String {
+    static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    databases
+        .get_or_insert_with(HashMap::new)
+        .entry(db.to_path_buf())
+        .or_insert_with(|| services::Postgres::shared().create_database())
+        .clone()
+}
+
+/// Puts `config` on this binary's backend: unchanged on SQLite; on
+/// PostgreSQL, the database standing for `config.database` (unless the test
+/// chose PostgreSQL itself).
+pub fn use_backend(config: &mut Config) {
+    if on_postgres() && config.storage.backend == Backend::Sqlite {
+        config.storage.backend = Backend::Postgres;
+        config.storage.postgres_url = postgres_url_for(&config.database);
+    }
+}
+
+/// `nostr-relayd --config <config>` on the database `db` with this binary's
+/// backend: `NOSTR_RELAYD_DB` is `db`; on PostgreSQL the config is a copy
+/// (next to `db`) saying `backend = "postgres"`, and
+/// `NOSTR_RELAYD_POSTGRES_URL` names the database standing for `db`.
+pub fn relayd(config: &Path, db: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nostr-relayd"));
+    command.env("NOSTR_RELAYD_DB", db);
+    let Some(text) = on_postgres()
+        .then(|| std::fs::read_to_string(config).ok())
+        .flatten()
+    else {
+        command.arg("--config").arg(config);
+        return command;
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{} is not TOML: {e}", config.display()));
+    let storage = table
+        .entry("storage")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let storage = storage.as_table_mut().expect("[storage] is a table");
+    if storage.get("backend").and_then(toml::Value::as_str) == Some("postgres") {
+        // The test chose PostgreSQL and its database itself.
+        command.arg("--config").arg(config);
+        return command;
+    }
+    storage.insert("backend".into(), "postgres".into());
+    let stem = config.file_stem().unwrap_or_default().to_string_lossy();
+    let dir = db.parent().expect("the database path has a directory");
+    let copy = dir.join(format!("{stem}.on-postgres.toml"));
+    std::fs::write(&copy, toml::to_string(&table).expect("TOML")).expect("write the config");
+    command
+        .arg("--config")
+        .arg(copy)
+        .env("NOSTR_RELAYD_POSTGRES_URL", postgres_url_for(db));
+    command
+}
+
+/// Opens the store a relay on `config` would open, on this binary's backend
+/// (see [`use_backend`]), for tests that fill a database before a relay
+/// starts on it, or that query the store without a relay.
+pub async fn open_store(config: &mut Config) -> nostr_relayd::store::Store {
+    use_backend(config);
+    nostr_relayd::store::Store::open_configured(config, Box::new(|_| {}))
+        .await
+        .expect("the store opens")
+}
+
+/// What a relay stored, read straight from its database on either backend,
+/// for tests that check storage itself (a row is gone, not just hidden).
+/// Both schemas name the shared columns alike: `event (seq, id, pubkey,
+/// created_at, kind, json)` and `tag (event_seq, …)`.
+pub enum StoredDb {
+    Sqlite(rusqlite::Connection),
+    /// psql against this URL.
+    Postgres(String),
+}
+
+impl StoredDb {
+    /// The database of a relay started with `config`.
+    pub fn open(config: &Config) -> StoredDb {
+        match config.storage.backend {
+            Backend::Sqlite => StoredDb::Sqlite(
+                rusqlite::Connection::open_with_flags(
+                    &config.database,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .expect("open the SQLite database"),
+            ),
+            Backend::Postgres => StoredDb::Postgres(config.storage.postgres_url.clone()),
+        }
+    }
+
+    /// `bytes` as a literal of this database's SQL (a BLOB, or a bytea).
+    pub fn bytes(&self, bytes: &[u8]) -> String {
+        match self {
+            StoredDb::Sqlite(_) => format!("X'{}'", hex::encode(bytes)),
+            StoredDb::Postgres(_) => format!("'\\x{}'::bytea", hex::encode(bytes)),
+        }
+    }
+
+    /// The single value `sql` selects, as text ("" for NULL).
+    pub fn value(&self, sql: &str) -> String {
+        match self {
+            StoredDb::Sqlite(db) => {
+                let value: rusqlite::types::Value = db
+                    .query_row(sql, [], |row| row.get(0))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                match value {
+                    rusqlite::types::Value::Null => String::new(),
+                    rusqlite::types::Value::Integer(n) => n.to_string(),
+                    rusqlite::types::Value::Real(x) => x.to_string(),
+                    rusqlite::types::Value::Text(text) => text,
+                    rusqlite::types::Value::Blob(blob) => hex::encode(blob),
+                }
+            }
+            StoredDb::Postgres(url) => services::Postgres::shared().sql(url, sql),
+        }
+    }
+
+    /// The single integer `sql` selects.
+    pub fn integer(&self, sql: &str) -> i64 {
+        let value = self.value(sql);
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql}: not an integer: {value:?}"))
+    }
+
+    /// Rows of table `event` holding the event `id`.
+    pub fn rows_for(&self, id: &[u8]) -> i64 {
+        self.integer(&format!(
+            "SELECT count(*) FROM event WHERE id = {}",
+            self.bytes(id)
+        ))
+    }
+}
+
 impl TestRelay {
     pub async fn start() -> TestRelay {
         TestRelay::start_with(|_| {}).await
@@ -53,6 +207,7 @@ impl TestRelay {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         adjust(&mut config);
+        use_backend(&mut config);
         config.validate().expect("valid test config");
         let relay = nostr_relayd::start(config.clone())
             .await
@@ -70,6 +225,11 @@ impl TestRelay {
 
     pub async fn client(&self) -> Client {
         Client::connect(&self.url).await
+    }
+
+    /// This relay's database, whichever backend holds it.
+    pub fn stored(&self) -> StoredDb {
+        StoredDb::open(&self.config)
     }
 
     /// Graceful shutdown; the database stays until the TestRelay is dropped.
@@ -113,11 +273,8 @@ impl RelayProcess {
     ) -> RelayProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nostr-relayd"))
-            .arg("--config")
-            .arg(config_path)
+        let child = relayd(config_path, db)
             .env("NOSTR_RELAYD_LISTEN", addr.to_string())
-            .env("NOSTR_RELAYD_DB", db)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,7 +1,7 @@
 //! What a few end-to-end tests drive from outside Rust (Node packages,
-//! Debian's Chromium, `systemd-analyze`), installed on first use, so that
-//! `cargo test` on a fresh machine runs the whole suite, as README.md
-//! promises. Only the package registries are needed: npm's for the exact
+//! Debian's Chromium, `systemd-analyze`, PostgreSQL, `nats-server`),
+//! installed on first use, so that `cargo test` on a fresh machine runs the
+//! whole suite, as README.md promises. Only the package registries are needed: npm's for the exact
 //! versions in a package-lock.json, Debian's for the system packages (as
 //! root, as CI runs). Whatever cannot be installed fails the test with what
 //! to run; nothing is skipped.
@@ -41,13 +41,20 @@ pub fn node_packages(dir: &Path, packages: &[&str]) {
 /// path, or a name looked up in PATH) is there already; panics when it is
 /// still missing afterwards.
 pub fn debian_package(program: &str, package: &str) {
-    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let found = || {
         Command::new("sh")
             .args(["-c", "command -v \"$0\" >/dev/null", program])
             .status()
             .is_ok_and(|s| s.success())
     };
+    debian_package_for(program, package, found);
+}
+
+/// Installs the Debian package `package` unless `found` says that what it
+/// provides (`what`, named in the failure) is there already, for programs
+/// outside PATH (PostgreSQL's `initdb` lives in /usr/lib/postgresql/<v>/bin).
+pub fn debian_package_for(what: &str, package: &str, found: impl Fn() -> bool) {
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if found() {
         return;
     }
@@ -58,7 +65,7 @@ pub fn debian_package(program: &str, package: &str) {
         .status();
     assert!(
         found(),
-        "{program} is missing and `apt-get install {package}` did not provide it \
+        "{what} is missing and `apt-get install {package}` did not provide it \
          (run it as root: apt-get update && apt-get install -y --no-install-recommends {package})"
     );
 }

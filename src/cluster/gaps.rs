@@ -1,0 +1,348 @@
+//! Which commits of the other nodes this node has heard of, and which it
+//! missed.
+//!
+//! Core NATS delivers at most once: a message can be lost (a slow consumer,
+//! a reconnect). Each node numbers its commits 1, 2, 3, … without holes
+//! (PostgreSQL's `node_sequence`, continued across restarts), and says in
+//! every event message and every heartbeat how far it got. Per node, the
+//! tracker keeps the last sequence number up to which everything was heard
+//! (or recovered); a number further on reveals the range that was missed,
+//! which the receiver reads back from the database ("backfill").
+//!
+//! Pure bookkeeping: no I/O, no clock of its own (the caller passes `now`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::message::Origin;
+
+/// Sequence numbers `(after, through]` of one node that were never heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub node: String,
+    pub after: u64,
+    pub through: u64,
+}
+
+/// What one message says about its sender's commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// An event message: commit `seq` is this one, and every commit before
+    /// it was published before it.
+    Event(u64),
+    /// A heartbeat: commits up to `seq` were published.
+    Heartbeat(u64),
+    /// An ephemeral event, or a heartbeat before the sender's first commit:
+    /// says only that the sender is alive.
+    Alive,
+}
+
+#[derive(Debug)]
+struct NodeState {
+    boot: u64,
+    /// Everything up to this was heard or recovered; `None` until the first
+    /// sequence number is heard from the node (there is nothing before it
+    /// this node could have missed live: see [`GapTracker::observe`]).
+    last: Option<u64>,
+    heard: Instant,
+    /// When the node's silence was last looked into.
+    checked: Option<Instant>,
+}
+
+/// Per node, how far its commits were heard.
+#[derive(Debug)]
+pub struct GapTracker {
+    nodes: HashMap<String, NodeState>,
+    max_nodes: usize,
+}
+
+impl GapTracker {
+    /// A tracker of at most `max_nodes` nodes (past it, the node heard from
+    /// least recently is forgotten: names come from the network).
+    pub fn new(max_nodes: usize) -> GapTracker {
+        GapTracker {
+            nodes: HashMap::new(),
+            max_nodes: max_nodes.max(1),
+        }
+    }
+
+    /// Records a message from `origin` heard at `now`; returns the range
+    /// of its commits that was missed before it, if any.
+    ///
+    /// The first sequence number heard from a node is taken as it is: the
+    /// node's earlier commits happened before this node listened. A new
+    /// boot continues the numbering of the last, so what the previous run
+    /// published last and was lost is found the same way; a boot whose
+    /// numbers go back (its database was replaced) starts afresh.
+    pub fn observe(&mut self, origin: &Origin, claim: Claim, now: Instant) -> Option<Missing> {
+        let (through, newest) = match claim {
+            Claim::Event(seq) => (seq - 1, seq),
+            Claim::Heartbeat(seq) => (seq, seq),
+            Claim::Alive => (0, 0),
+        };
+        if !self.nodes.contains_key(&origin.node) {
+            self.make_room();
+            self.nodes.insert(
+                origin.node.clone(),
+                NodeState {
+                    boot: origin.boot,
+                    last: (newest > 0).then_some(newest),
+                    heard: now,
+                    checked: None,
+                },
+            );
+            return None;
+        }
+        let state = self.nodes.get_mut(&origin.node)?;
+        state.heard = now;
+        state.checked = None;
+        if newest == 0 {
+            state.boot = origin.boot;
+            return None;
+        }
+        let Some(last) = state.last else {
+            state.boot = origin.boot;
+            state.last = Some(newest);
+            return None;
+        };
+        if state.boot != origin.boot {
+            state.boot = origin.boot;
+            if newest < last {
+                state.last = Some(newest);
+                return None;
+            }
+        }
+        state.last = Some(last.max(newest));
+        (through > last).then(|| Missing {
+            node: origin.node.clone(),
+            after: last,
+            through,
+        })
+    }
+
+    /// Nodes not heard from for `silence` (stopped, cut off, or our own
+    /// link is down), each at most once per `silence`: their commits since
+    /// `after` are looked for in the database (`through` is `u64::MAX`:
+    /// the end is unknown). Nodes silent for `forget_after` are dropped.
+    pub fn silent(
+        &mut self,
+        now: Instant,
+        silence: Duration,
+        forget_after: Duration,
+    ) -> Vec<Missing> {
+        self.nodes
+            .retain(|_, state| now.saturating_duration_since(state.heard) < forget_after);
+        let mut missing = Vec::new();
+        for (node, state) in &mut self.nodes {
+            let quiet_since = state.checked.unwrap_or(state.heard);
+            if now.saturating_duration_since(quiet_since) < silence {
+                continue;
+            }
+            state.checked = Some(now);
+            if let Some(after) = state.last {
+                missing.push(Missing {
+                    node: node.clone(),
+                    after,
+                    through: u64::MAX,
+                });
+            }
+        }
+        missing
+    }
+
+    /// Everything of `node` up to `seq` was recovered from the database.
+    pub fn recovered(&mut self, node: &str, seq: u64) {
+        if let Some(state) = self.nodes.get_mut(node) {
+            state.last = Some(state.last.map_or(seq, |last| last.max(seq)));
+        }
+    }
+
+    /// Forgets where `node` stood: its next sequence number is taken as it
+    /// is (after the relay ended every live subscription, nothing before it
+    /// is owed to anyone).
+    pub fn forget(&mut self, node: &str) {
+        if let Some(state) = self.nodes.get_mut(node) {
+            state.last = None;
+        }
+    }
+
+    /// How many nodes are tracked.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no node is tracked.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn make_room(&mut self) {
+        while self.nodes.len() >= self.max_nodes {
+            let Some(oldest) = self
+                .nodes
+                .iter()
+                .min_by_key(|(_, state)| state.heard)
+                .map(|(node, _)| node.clone())
+            else {
+                return;
+            };
+            self.nodes.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(boot: u64) -> Origin {
+        Origin {
+            node: "a".into(),
+            boot,
+        }
+    }
+
+    fn missing(after: u64, through: u64) -> Option<Missing> {
+        Some(Missing {
+            node: "a".into(),
+            after,
+            through,
+        })
+    }
+
+    #[test]
+    fn messages_in_order_reveal_nothing() {
+        let mut gaps = GapTracker::new(8);
+        let now = Instant::now();
+        assert_eq!(
+            gaps.observe(&a(1), Claim::Event(5), now),
+            None,
+            "first heard"
+        );
+        assert_eq!(gaps.observe(&a(1), Claim::Event(6), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(6), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Alive, now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(7), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(7), now), None);
+    }
+
+    #[test]
+    fn a_skipped_number_is_a_gap_once() {
+        let mut gaps = GapTracker::new(8);
+        let now = Instant::now();
+        gaps.observe(&a(1), Claim::Event(5), now);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(9), now), missing(5, 8));
+        assert_eq!(gaps.observe(&a(1), Claim::Event(10), now), None);
+        // A heartbeat past the last event: the events in between were lost.
+        assert_eq!(
+            gaps.observe(&a(1), Claim::Heartbeat(12), now),
+            missing(10, 12)
+        );
+        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(12), now), None);
+    }
+
+    #[test]
+    fn duplicates_and_late_messages_reveal_nothing() {
+        let mut gaps = GapTracker::new(8);
+        let now = Instant::now();
+        gaps.observe(&a(1), Claim::Event(5), now);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(8), now), missing(5, 7));
+        // 6 and 7 arrive late (after the backfill asked for them), 8 twice.
+        assert_eq!(gaps.observe(&a(1), Claim::Event(6), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(7), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(8), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(8), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(9), now), None);
+    }
+
+    #[test]
+    fn a_new_boot_continues_or_restarts_the_numbering() {
+        let mut gaps = GapTracker::new(8);
+        let now = Instant::now();
+        gaps.observe(&a(1), Claim::Event(5), now);
+        // Restarted: the old run's 6 and 7 were committed but never heard.
+        assert_eq!(gaps.observe(&a(2), Claim::Alive, now), None);
+        assert_eq!(gaps.observe(&a(2), Claim::Event(8), now), missing(5, 7));
+        // Restarted with nothing lost.
+        assert_eq!(gaps.observe(&a(3), Claim::Event(9), now), None);
+        // Restarted on a new database: numbering starts over, nothing owed.
+        assert_eq!(gaps.observe(&a(4), Claim::Event(1), now), None);
+        assert_eq!(gaps.observe(&a(4), Claim::Event(2), now), None);
+        assert_eq!(gaps.observe(&a(4), Claim::Event(4), now), missing(2, 3));
+    }
+
+    #[test]
+    fn nothing_is_owed_before_the_first_number_heard() {
+        let mut gaps = GapTracker::new(8);
+        let now = Instant::now();
+        assert_eq!(gaps.observe(&a(1), Claim::Alive, now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(40), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(41), now), None);
+        gaps.forget("a");
+        assert_eq!(gaps.observe(&a(1), Claim::Event(90), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(92), now), missing(90, 91));
+    }
+
+    #[test]
+    fn nodes_are_tracked_apart() {
+        let mut gaps = GapTracker::new(8);
+        let now = Instant::now();
+        let b = Origin {
+            node: "b".into(),
+            boot: 1,
+        };
+        gaps.observe(&a(1), Claim::Event(5), now);
+        gaps.observe(&b, Claim::Event(100), now);
+        assert_eq!(gaps.observe(&b, Claim::Event(101), now), None);
+        assert_eq!(gaps.observe(&a(1), Claim::Event(6), now), None);
+        assert_eq!(gaps.len(), 2);
+    }
+
+    #[test]
+    fn silence_is_looked_into_once_per_period_then_forgotten() {
+        let mut gaps = GapTracker::new(8);
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let (silence, forget) = (5 * second, 60 * second);
+        gaps.observe(&a(1), Claim::Event(5), start);
+        assert!(gaps.silent(start + 4 * second, silence, forget).is_empty());
+        assert_eq!(
+            gaps.silent(start + 5 * second, silence, forget),
+            vec![missing(5, u64::MAX).unwrap()]
+        );
+        assert!(gaps.silent(start + 6 * second, silence, forget).is_empty());
+        gaps.recovered("a", 7);
+        assert_eq!(
+            gaps.silent(start + 10 * second, silence, forget),
+            vec![missing(7, u64::MAX).unwrap()]
+        );
+        // Heard again: the recovered part is not asked for twice.
+        assert_eq!(
+            gaps.observe(&a(1), Claim::Event(8), start + 11 * second),
+            None
+        );
+        assert!(gaps.silent(start + 12 * second, silence, forget).is_empty());
+        assert!(gaps.silent(start + 71 * second, silence, forget).is_empty());
+        assert!(gaps.is_empty(), "forgotten after a minute of silence");
+    }
+
+    #[test]
+    fn the_node_heard_from_least_recently_makes_room() {
+        let mut gaps = GapTracker::new(2);
+        let start = Instant::now();
+        let node = |name: &str| Origin {
+            node: name.into(),
+            boot: 1,
+        };
+        gaps.observe(&node("x"), Claim::Event(1), start);
+        gaps.observe(&node("y"), Claim::Event(1), start + Duration::from_secs(1));
+        gaps.observe(&node("x"), Claim::Event(2), start + Duration::from_secs(2));
+        gaps.observe(&node("z"), Claim::Event(1), start + Duration::from_secs(3));
+        assert_eq!(gaps.len(), 2);
+        // "x" is still known: a skipped number is a gap.
+        let gap = gaps.observe(&node("x"), Claim::Event(4), start + Duration::from_secs(4));
+        assert_eq!(gap.map(|m| (m.after, m.through)), Some((2, 3)));
+    }
+}
