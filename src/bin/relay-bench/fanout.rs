@@ -37,6 +37,10 @@ pub struct FanoutArgs {
     /// Seconds to publish.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
+    /// Publish to this relay instead of `--url` (where the subscribers
+    /// are): another node of a cluster, to measure delivery across nodes.
+    #[arg(long)]
+    pub publish_url: Option<String>,
 }
 
 /// Subscribers connected and subscribed at the same time.
@@ -188,7 +192,17 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Report, String> {
     let status: Vec<AtomicU8> = (0..count).map(|_| AtomicU8::new(NOT_ANSWERED)).collect();
     let bar = stats::progress(count as u64, "fanout");
     let publish_start = Instant::now();
-    let publisher = publish(common, &frames, &events, &shared, &status, args.rate, &bar).await;
+    let publisher = publish(
+        common,
+        args.publish_url.as_deref(),
+        &frames,
+        &events,
+        &shared,
+        &status,
+        args.rate,
+        &bar,
+    )
+    .await;
     let publish_secs = publish_start.elapsed().as_secs_f64();
     let (ok_latency, refusals, publish_error) = publisher;
 
@@ -461,11 +475,14 @@ async fn subscriber(
     result
 }
 
-/// Publishes every event at `rate` on one connection, recording send times
+/// Publishes every event at `rate` on one connection (to `publish_url`, or
+/// the subscribers' relay), recording send times
 /// in `shared` and outcomes in `status`; returns the publish→OK latency, the
 /// first refusal reasons and an error if the connection failed.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     common: &Common,
+    publish_url: Option<&str>,
     frames: &[Utf8Bytes],
     events: &[CorpusEvent],
     shared: &Shared,
@@ -475,7 +492,8 @@ async fn publish(
 ) -> (Latency, Vec<String>, Option<String>) {
     let mut latency = Latency::new();
     let mut refusals: Vec<String> = Vec::new();
-    let ws = match client::connect(&common.url, common.timeout()).await {
+    let url = publish_url.unwrap_or(&common.url);
+    let ws = match client::connect(url, common.timeout()).await {
         Ok(ws) => ws,
         Err(error) => return (latency, refusals, Some(error)),
     };
