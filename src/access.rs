@@ -385,7 +385,7 @@ enum Source {
     /// A read connection that watches the file, and one (opened on the
     /// first edit: most relays never get one) that edits it.
     Sqlite {
-        watcher: Mutex<Watcher>,
+        watcher: Box<Mutex<Watcher>>,
         editor: Mutex<Option<Connection>>,
         database: PathBuf,
         durability: Durability,
@@ -428,7 +428,7 @@ impl AccessControl {
             seed,
             stored,
             Source::Sqlite {
-                watcher: Mutex::new(Watcher { conn, data_version }),
+                watcher: Box::new(Mutex::new(Watcher { conn, data_version })),
                 editor: Mutex::new(None),
                 database: config.database.clone(),
                 durability: config.storage.durability,

@@ -95,7 +95,9 @@ pub fn redact_url(url: &str) -> String {
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let path = path.split('?').next().unwrap_or("");
     format!("{scheme}://{host}{path}")
 }
@@ -894,7 +896,10 @@ mod tests {
             redact_url("postgres://relay:s3cret@db.internal:5432/nostr?sslmode=require"),
             "postgres://db.internal:5432/nostr"
         );
-        assert_eq!(redact_url("postgres://localhost/nostr"), "postgres://localhost/nostr");
+        assert_eq!(
+            redact_url("postgres://localhost/nostr"),
+            "postgres://localhost/nostr"
+        );
         assert_eq!(
             redact_url("host=db password=s3cret dbname=nostr"),
             "(storage.postgres_url)"

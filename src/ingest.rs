@@ -118,10 +118,11 @@ impl Ingester {
         }
         let ephemeral = event.class() == KindClass::Ephemeral;
         let event = Arc::new(CanonicalEvent::new(event));
-        if !ephemeral && self.store.sqlite().is_none() {
-            if let Some(verdict) = fresh_or_refused(self.store.freshness(&event.event).await) {
-                return verdict;
-            }
+        if !ephemeral
+            && self.store.sqlite().is_none()
+            && let Some(verdict) = fresh_or_refused(self.store.freshness(&event.event).await)
+        {
+            return verdict;
         }
         let checked = event.clone();
         let policy = self.policy.clone();
@@ -176,10 +177,8 @@ pub fn check(
     policy: &WritePolicy,
     now: i64,
 ) -> Option<Verdict> {
-    if !ephemeral {
-        if let Some(verdict) = fresh_or_refused(freshness(conn, event)) {
-            return Some(verdict);
-        }
+    if !ephemeral && let Some(verdict) = fresh_or_refused(freshness(conn, event)) {
+        return Some(verdict);
     }
     check_policy_and_signature(event, policy, now)
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nostr_relayd::logging::{self, LogFormat};
 use nostr_relayd::config::Backend;
+use nostr_relayd::logging::{self, LogFormat};
 use nostr_relayd::{Config, RunningRelay, Stopped};
 use tokio::signal::unix;
 
@@ -159,8 +159,14 @@ fn sqlite_only(command: &Command, config: &Config) -> Option<String> {
             "prune",
             "NIP-40 expiry and deletions; retention rules need the SQLite backend for now",
         ),
-        Command::Sync(_) => ("sync", "a SQLite relay beside it, then `export` and `import`"),
-        Command::Admin { .. } => ("admin", "the NIP-86 management API (README.md, \"Moderation\")"),
+        Command::Sync(_) => (
+            "sync",
+            "a SQLite relay beside it, then `export` and `import`",
+        ),
+        Command::Admin { .. } => (
+            "admin",
+            "the NIP-86 management API (README.md, \"Moderation\")",
+        ),
         _ => return None,
     };
     Some(format!(

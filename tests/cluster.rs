@@ -65,7 +65,7 @@ impl Cluster {
         let path = self.dir.path().join(format!("{name}.toml"));
         let text = format!(
             "[storage]\nbackend = \"postgres\"\npostgres_url = \"{}\"\npostgres_pool_size = 4\n\
-             [cluster]\nnats_url = \"{}\"\nsubject_prefix = \"cluster-test\"\nnode_name = \"same\"\n\
+             [cluster]\nnats_url = \"{}\"\nsubject_prefix = \"cluster-test\"\nnode_name = \"{name}\"\n\
              [rate_limit]\nenabled = false\n",
             self.database, self.nats.url
         );

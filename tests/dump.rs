@@ -710,44 +710,6 @@ fn apply_policy_holds_events_to_the_network_rules() {
     assert_eq!(strict.export(&[]).ids(), [id(&plain)]);
 }
 
-/// A ban promises "never stored again": an import keeps it without
-/// --apply-policy too.
-#[test]
-fn bans_are_kept_without_apply_policy() {
-    let alice = Keys::generate();
-    let mallory = Keys::generate();
-    let config = format!(
-        "[access]\ndenied_pubkeys = [\"{}\"]\n",
-        mallory.public_key().to_hex()
-    );
-    let database = Database::new(&config);
-    let banned = event(&alice, 1, "banned later", &[], ago(20));
-    let ham = event(&alice, 1, "ham", &[], ago(10));
-    let dump = jsonl(&[
-        event(&mallory, 1, "spam", &[], ago(10)),
-        ham.clone(),
-        banned.clone(),
-    ]);
-    let run = database.import(&dump, &[]);
-    assert_eq!(
-        run.reports(),
-        ["line 1: blocked: this pubkey is banned on this relay"]
-    );
-    assert_eq!(database.export(&[]).ids(), [id(&ham), id(&banned)]);
-    let ban = database.run(&["admin", "ban-event", &id(&banned)], b"");
-    assert!(ban.success(), "{}", ban.stderr);
-    assert_eq!(database.export(&[]).ids(), [id(&ham)]);
-    let run = database.import(&dump, &[]);
-    assert_eq!(
-        run.reports(),
-        [
-            "line 1: blocked: this pubkey is banned on this relay",
-            "line 3: blocked: this event is banned on this relay"
-        ]
-    );
-    assert_eq!(database.export(&[]).ids(), [id(&ham)]);
-}
-
 #[test]
 fn exit_status_tells_an_import_that_ran_from_one_that_failed() {
     let alice = Keys::generate();

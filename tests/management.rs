@@ -1,44 +1,23 @@
-//! NIP-86 management API (authorized by NIP-98), the access lists it edits,
-//! and the `nostr-relayd admin` CLI, end to end over real sockets.
+//! NIP-86 management API (authorized by NIP-98) and the access lists it
+//! edits, end to end over real sockets, on both backends
+//! (management_on_postgres.rs). The `nostr-relayd admin` CLI, which works on
+//! the SQLite file: management_sqlite.rs.
 
 mod common;
+mod nip86;
 
 use std::net::SocketAddr;
-use std::path::Path;
-
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
+use nip86::*;
 use nostr::prelude::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::MaybeTlsStream;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 // Raw HTTP.
-
-/// One POST on `/` over HTTP/1.1: (status, body).
-async fn post(
-    addr: SocketAddr,
-    content_type: &str,
-    auth: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(auth) = auth {
-        request.push_str(&format!("Authorization: {auth}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    read_response(stream).await
-}
 
 async fn get_nip11(addr: SocketAddr) -> Value {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -58,72 +37,7 @@ async fn get_home_page(addr: SocketAddr) -> String {
     read_response(stream).await.1
 }
 
-async fn read_response(mut stream: TcpStream) -> (u16, String) {
-    let mut response = Vec::new();
-    tokio::time::timeout(ANSWER, stream.read_to_end(&mut response))
-        .await
-        .expect("the relay answered in time")
-        .unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    (status, body.to_owned())
-}
-
 // NIP-98.
-
-/// A signed kind-27235 event for a request, base64'd into a header value.
-/// A random `nonce` tag keeps two identical calls in one second apart (the
-/// relay refuses a reused auth event).
-fn auth_header(keys: &Keys, url: &str, method: &str, body: &str, created_at: u64) -> String {
-    let payload = hex::encode(Sha256::digest(body.as_bytes()));
-    let nonce = Keys::generate().public_key().to_hex();
-    let event = event(
-        keys,
-        27235,
-        "",
-        &[
-            &["u", url],
-            &["method", method],
-            &["payload", &payload],
-            &["nonce", &nonce],
-        ],
-        created_at,
-    );
-    nostr_header(&event)
-}
-
-fn nostr_header(event: &Event) -> String {
-    format!(
-        "Nostr {}",
-        base64::engine::general_purpose::STANDARD.encode(event.as_json())
-    )
-}
-
-fn rpc_body(method: &str, params: Value) -> String {
-    json!({"method": method, "params": params}).to_string()
-}
-
-/// A NIP-86 call signed by `keys`: (status, response JSON).
-async fn call(relay: &TestRelay, keys: &Keys, method: &str, params: Value) -> (u16, Value) {
-    let body = rpc_body(method, params);
-    let auth = auth_header(keys, &relay.url, "POST", &body, now());
-    let (status, text) = post(relay.addr, "application/nostr+json+rpc", Some(&auth), &body).await;
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-    (status, value)
-}
-
-/// A call that must succeed; its `result`.
-async fn ok(relay: &TestRelay, keys: &Keys, method: &str, params: Value) -> Value {
-    let (status, answer) = call(relay, keys, method, params).await;
-    assert_eq!(status, 200, "{method}: {answer}");
-    assert!(answer["error"].is_null(), "{method}: {answer}");
-    answer["result"].clone()
-}
 
 /// A call the API answers 200 with an error.
 async fn rpc_error(relay: &TestRelay, keys: &Keys, method: &str, params: Value) -> String {
@@ -134,18 +48,6 @@ async fn rpc_error(relay: &TestRelay, keys: &Keys, method: &str, params: Value) 
         .as_str()
         .expect("an error message")
         .to_owned()
-}
-
-async fn relay_with_admin(
-    admin: &Keys,
-    adjust: impl FnOnce(&mut nostr_relayd::Config),
-) -> TestRelay {
-    let admin = admin.public_key().to_hex();
-    TestRelay::start_with(|c| {
-        c.management.admins = vec![admin];
-        adjust(c);
-    })
-    .await
 }
 
 fn entries(list: &Value, key: &str) -> Vec<(String, String)> {
@@ -159,10 +61,6 @@ fn entries(list: &Value, key: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn is_blocked((accepted, reason): &(bool, String)) -> bool {
-    !accepted && reason.starts_with("blocked:")
 }
 
 // The methods.
@@ -588,24 +486,6 @@ async fn reports_fill_the_moderation_queue_until_moderated() {
     );
 }
 
-/// A WebSocket client whose connection comes from `source` (any address in
-/// 127.0.0.0/8 is loopback on Linux), so that one address can be blocked
-/// while the test goes on using 127.0.0.1.
-async fn client_from(source: &str, relay: &TestRelay) -> Result<Client, String> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let stream = socket
-        .connect(relay.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let handshake = tokio_tungstenite::client_async(&relay.url, MaybeTlsStream::Plain(stream));
-    match tokio::time::timeout(ANSWER, handshake).await {
-        Ok(Ok((ws, _))) => Ok(Client::from_ws(ws)),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("handshake timed out".into()),
-    }
-}
-
 #[tokio::test]
 async fn a_blocked_address_is_closed_at_accept_and_its_events_refused() {
     let admin = Keys::generate();
@@ -635,28 +515,6 @@ async fn a_blocked_address_is_closed_at_accept_and_its_events_refused() {
     ok(&relay, &admin, "unblockip", json!(["127.0.0.2"])).await;
     let mut after = client_from("127.0.0.2", &relay).await.expect("unblocked");
     assert!(after.publish(&note(&author, "welcome back")).await.0);
-}
-
-#[tokio::test]
-async fn blocking_the_admins_own_address_is_undone_from_the_host() {
-    let admin = Keys::generate();
-    let relay = relay_with_admin(&admin, |_| {}).await;
-    ok(&relay, &admin, "blockip", json!(["127.0.0.1/32"])).await;
-    // The API itself is now out of reach from 127.0.0.1…
-    assert!(client_from("127.0.0.1", &relay).await.is_err());
-    // …and the host CLI, working on the database, reaches the running
-    // relay through the data_version watcher.
-    let config = write_config(relay.db.parent().unwrap(), "");
-    let out = admin_cli(&config, &relay.db, &["unblock-ip", "127.0.0.1"]);
-    assert!(out.status.success(), "{out:?}");
-    let started = Instant::now();
-    while client_from("127.0.0.1", &relay).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the relay did not see the CLI's unblock within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // NIP-98.
@@ -854,86 +712,6 @@ async fn an_oversized_body_is_refused_before_it_is_read() {
     let auth = auth_header(&admin, &relay.url, "POST", &body, now());
     let (status, _) = post(relay.addr, "application/nostr+json+rpc", Some(&auth), &body).await;
     assert_eq!(status, 413);
-}
-
-// The host CLI.
-
-fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("cli-relay.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn admin_cli(config: &Path, db: &Path, args: &[&str]) -> std::process::Output {
-    relayd(config, db)
-        .arg("admin")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run nostr-relayd admin")
-}
-
-#[tokio::test]
-async fn the_cli_bans_a_pubkey_in_a_running_relay_within_two_seconds() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("relay.sqlite");
-    let config = write_config(dir.path(), "");
-    let relay = RelayProcess::spawn(&config, &db).await;
-    let author = Keys::generate();
-    let mut client = Client::connect(&relay.url).await;
-    assert!(client.publish(&note(&author, "before")).await.0);
-
-    let npub = author.public_key().to_bech32().unwrap();
-    let out = admin_cli(&config, &db, &["ban-pubkey", &npub, "--reason", "spam"]);
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&author.public_key().to_hex()));
-    let started = Instant::now();
-    loop {
-        let event = note(&author, &format!("during {:?}", started.elapsed()));
-        let answer = client.publish(&event).await;
-        if is_blocked(&answer) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the running relay still accepts the banned pubkey: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let list = admin_cli(&config, &db, &["list"]);
-    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
-    assert!(
-        list.status.success() && listed.contains(&author.public_key().to_hex()),
-        "{listed}"
-    );
-    assert!(listed.contains("spam"), "{listed}");
-
-    let out = admin_cli(
-        &config,
-        &db,
-        &["unban-pubkey", &author.public_key().to_hex()],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let started = Instant::now();
-    loop {
-        let answer = client
-            .publish(&note(&author, &format!("after {:?}", started.elapsed())))
-            .await;
-        if answer.0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "still banned: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // Bad input is refused with a message and a failure status.
-    let out = admin_cli(&config, &db, &["ban-pubkey", "nonsense"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pubkey"));
 }
 
 #[tokio::test]

@@ -951,9 +951,15 @@ fn the_cluster_compose_file_runs_three_nodes_on_postgres_and_nats_behind_nginx()
         (name == nostr_relayd::config::ENV_POSTGRES_URL).then(|| url[0].to_owned())
     });
     config.validate().unwrap();
-    assert_eq!(config.storage.backend, nostr_relayd::config::Backend::Postgres);
+    assert_eq!(
+        config.storage.backend,
+        nostr_relayd::config::Backend::Postgres
+    );
     assert_eq!(config.cluster.nats_url, "nats://nats:4222");
-    assert_eq!(config.cluster.node_name, "", "each node takes its host name");
+    assert_eq!(
+        config.cluster.node_name, "",
+        "each node takes its host name"
+    );
     let subnet = get("networks.cluster.ipam.config[]");
     assert_eq!(subnet, ["subnet: 172.28.0.0/16"]);
     assert_eq!(config.network.trusted_proxies, ["172.28.0.0/16"]);

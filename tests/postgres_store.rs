@@ -619,3 +619,34 @@ async fn reports_wait_for_a_moderator() {
     assert!(store.reports().await.unwrap().is_empty());
     store.close().await;
 }
+
+#[tokio::test]
+async fn the_writer_reconnects_after_losing_its_connection() {
+    let url = database();
+    let store = open(&url, "w").await;
+    let db = connect(&url).await;
+    let keys = Keys::generate();
+    let now = common::now();
+    let first = signed(&keys, 1, "before", &[], now - 2);
+    store.insert(canonical(&first)).await.unwrap();
+    let ended = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'nostr-relayd writer w'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ended.len(),
+        1,
+        "the writer's connection is found by its name"
+    );
+    let second = signed(&keys, 1, "after", &[], now - 1);
+    assert_eq!(
+        store.insert(canonical(&second)).await.unwrap(),
+        WriteOutcome::Stored { seq: 2, removed: 0 }
+    );
+    assert!(store.writer_alive());
+    store.close().await;
+}

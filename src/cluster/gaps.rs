@@ -37,13 +37,23 @@ pub enum Claim {
     Alive,
 }
 
+/// How far a node's commits were heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Nothing known yet: the first number heard is taken as it is (the
+    /// commits before it happened before this node listened).
+    Unknown,
+    /// Everything up to this number was heard (or recovered).
+    Through(u64),
+}
+
 #[derive(Debug)]
 struct NodeState {
     boot: u64,
-    /// Everything up to this was heard or recovered; `None` until the first
-    /// sequence number is heard from the node (there is nothing before it
-    /// this node could have missed live: see [`GapTracker::observe`]).
-    last: Option<u64>,
+    mark: Mark,
+    /// This node heard the current boot before its first commit: every
+    /// commit of the boot is owed, from its `first` on.
+    heard_empty: bool,
     heard: Instant,
     /// When the node's silence was last looked into.
     checked: Option<Instant>,
@@ -66,15 +76,23 @@ impl GapTracker {
         }
     }
 
-    /// Records a message from `origin` heard at `now`; returns the range
-    /// of its commits that was missed before it, if any.
+    /// Records a message from `origin` heard at `now`, whose boot committed
+    /// `first` first (`None`: nothing yet); returns the range of its
+    /// commits that was missed before it, if any.
     ///
-    /// The first sequence number heard from a node is taken as it is: the
-    /// node's earlier commits happened before this node listened. A new
-    /// boot continues the numbering of the last, so what the previous run
-    /// published last and was lost is found the same way; a boot whose
-    /// numbers go back (its database was replaced) starts afresh.
-    pub fn observe(&mut self, origin: &Origin, claim: Claim, now: Instant) -> Option<Missing> {
+    /// The first number heard from a node is taken as it is, unless this
+    /// node heard the boot before its first commit (then the boot's
+    /// commits are owed from `first` on). A new boot continues the
+    /// numbering of the last, so what the previous run published last and
+    /// was lost is found the same way; a boot whose numbers go back (its
+    /// database was replaced) starts afresh.
+    pub fn observe(
+        &mut self,
+        origin: &Origin,
+        first: Option<u64>,
+        claim: Claim,
+        now: Instant,
+    ) -> Option<Missing> {
         let (through, newest) = match claim {
             Claim::Event(seq) => (seq - 1, seq),
             Claim::Heartbeat(seq) => (seq, seq),
@@ -82,42 +100,59 @@ impl GapTracker {
         };
         if !self.nodes.contains_key(&origin.node) {
             self.make_room();
-            self.nodes.insert(
-                origin.node.clone(),
-                NodeState {
-                    boot: origin.boot,
-                    last: (newest > 0).then_some(newest),
-                    heard: now,
-                    checked: None,
-                },
-            );
-            return None;
         }
-        let state = self.nodes.get_mut(&origin.node)?;
+        let state = self
+            .nodes
+            .entry(origin.node.clone())
+            .or_insert_with(|| NodeState {
+                boot: origin.boot,
+                mark: Mark::Unknown,
+                heard_empty: false,
+                heard: now,
+                checked: None,
+            });
         state.heard = now;
         state.checked = None;
-        if newest == 0 {
-            state.boot = origin.boot;
-            return None;
-        }
-        let Some(last) = state.last else {
-            state.boot = origin.boot;
-            state.last = Some(newest);
-            return None;
-        };
         if state.boot != origin.boot {
             state.boot = origin.boot;
-            if newest < last {
-                state.last = Some(newest);
-                return None;
+            state.heard_empty = false;
+            // A new boot's numbers continue the last one's; if they go
+            // back, its database was replaced: nothing is known.
+            if let Mark::Through(last) = state.mark
+                && first.is_some_and(|first| first <= last)
+            {
+                state.mark = Mark::Unknown;
             }
         }
-        state.last = Some(last.max(newest));
-        (through > last).then(|| Missing {
-            node: origin.node.clone(),
-            after: last,
-            through,
-        })
+        let Some(first) = first else {
+            state.heard_empty = true; // the boot has committed nothing yet
+            return None;
+        };
+        if state.heard_empty {
+            state.heard_empty = false;
+            let before_first = first - 1;
+            state.mark = Mark::Through(match state.mark {
+                Mark::Through(last) => last.min(before_first),
+                Mark::Unknown => before_first,
+            });
+        }
+        if newest == 0 {
+            return None;
+        }
+        match state.mark {
+            Mark::Through(last) => {
+                state.mark = Mark::Through(last.max(newest));
+                (through > last).then(|| Missing {
+                    node: origin.node.clone(),
+                    after: last,
+                    through,
+                })
+            }
+            Mark::Unknown => {
+                state.mark = Mark::Through(newest);
+                None
+            }
+        }
     }
 
     /// Nodes not heard from for `silence` (stopped, cut off, or our own
@@ -139,7 +174,7 @@ impl GapTracker {
                 continue;
             }
             state.checked = Some(now);
-            if let Some(after) = state.last {
+            if let Mark::Through(after) = state.mark {
                 missing.push(Missing {
                     node: node.clone(),
                     after,
@@ -152,8 +187,10 @@ impl GapTracker {
 
     /// Everything of `node` up to `seq` was recovered from the database.
     pub fn recovered(&mut self, node: &str, seq: u64) {
-        if let Some(state) = self.nodes.get_mut(node) {
-            state.last = Some(state.last.map_or(seq, |last| last.max(seq)));
+        if let Some(state) = self.nodes.get_mut(node)
+            && let Mark::Through(last) = state.mark
+        {
+            state.mark = Mark::Through(last.max(seq));
         }
     }
 
@@ -162,7 +199,7 @@ impl GapTracker {
     /// is owed to anyone).
     pub fn forget(&mut self, node: &str) {
         if let Some(state) = self.nodes.get_mut(node) {
-            state.last = None;
+            state.mark = Mark::Unknown;
         }
     }
 
@@ -212,77 +249,104 @@ mod tests {
         })
     }
 
+    /// A tracker and the time; `hear(boot, first, claim)`.
+    struct Ear {
+        gaps: GapTracker,
+        now: Instant,
+    }
+
+    impl Ear {
+        fn new() -> Ear {
+            Ear {
+                gaps: GapTracker::new(8),
+                now: Instant::now(),
+            }
+        }
+
+        fn hear(&mut self, boot: u64, first: Option<u64>, claim: Claim) -> Option<Missing> {
+            self.gaps.observe(&a(boot), first, claim, self.now)
+        }
+    }
+
     #[test]
     fn messages_in_order_reveal_nothing() {
-        let mut gaps = GapTracker::new(8);
-        let now = Instant::now();
-        assert_eq!(
-            gaps.observe(&a(1), Claim::Event(5), now),
-            None,
-            "first heard"
-        );
-        assert_eq!(gaps.observe(&a(1), Claim::Event(6), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(6), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Alive, now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(7), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(7), now), None);
+        let mut ear = Ear::new();
+        let f = Some(1);
+        assert_eq!(ear.hear(1, f, Claim::Event(5)), None, "first heard");
+        assert_eq!(ear.hear(1, f, Claim::Event(6)), None);
+        assert_eq!(ear.hear(1, f, Claim::Heartbeat(6)), None);
+        assert_eq!(ear.hear(1, f, Claim::Alive), None);
+        assert_eq!(ear.hear(1, f, Claim::Event(7)), None);
+        assert_eq!(ear.hear(1, f, Claim::Heartbeat(7)), None);
     }
 
     #[test]
     fn a_skipped_number_is_a_gap_once() {
-        let mut gaps = GapTracker::new(8);
-        let now = Instant::now();
-        gaps.observe(&a(1), Claim::Event(5), now);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(9), now), missing(5, 8));
-        assert_eq!(gaps.observe(&a(1), Claim::Event(10), now), None);
+        let mut ear = Ear::new();
+        let f = Some(1);
+        ear.hear(1, f, Claim::Event(5));
+        assert_eq!(ear.hear(1, f, Claim::Event(9)), missing(5, 8));
+        assert_eq!(ear.hear(1, f, Claim::Event(10)), None);
         // A heartbeat past the last event: the events in between were lost.
-        assert_eq!(
-            gaps.observe(&a(1), Claim::Heartbeat(12), now),
-            missing(10, 12)
-        );
-        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(12), now), None);
+        assert_eq!(ear.hear(1, f, Claim::Heartbeat(12)), missing(10, 12));
+        assert_eq!(ear.hear(1, f, Claim::Heartbeat(12)), None);
     }
 
     #[test]
     fn duplicates_and_late_messages_reveal_nothing() {
-        let mut gaps = GapTracker::new(8);
-        let now = Instant::now();
-        gaps.observe(&a(1), Claim::Event(5), now);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(8), now), missing(5, 7));
+        let mut ear = Ear::new();
+        let f = Some(1);
+        ear.hear(1, f, Claim::Event(5));
+        assert_eq!(ear.hear(1, f, Claim::Event(8)), missing(5, 7));
         // 6 and 7 arrive late (after the backfill asked for them), 8 twice.
-        assert_eq!(gaps.observe(&a(1), Claim::Event(6), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(7), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(8), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(8), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(9), now), None);
+        assert_eq!(ear.hear(1, f, Claim::Event(6)), None);
+        assert_eq!(ear.hear(1, f, Claim::Event(7)), None);
+        assert_eq!(ear.hear(1, f, Claim::Event(8)), None);
+        assert_eq!(ear.hear(1, f, Claim::Heartbeat(8)), None);
+        assert_eq!(ear.hear(1, f, Claim::Event(9)), None);
     }
 
     #[test]
     fn a_new_boot_continues_or_restarts_the_numbering() {
-        let mut gaps = GapTracker::new(8);
-        let now = Instant::now();
-        gaps.observe(&a(1), Claim::Event(5), now);
+        let mut ear = Ear::new();
+        ear.hear(1, Some(1), Claim::Event(5));
         // Restarted: the old run's 6 and 7 were committed but never heard.
-        assert_eq!(gaps.observe(&a(2), Claim::Alive, now), None);
-        assert_eq!(gaps.observe(&a(2), Claim::Event(8), now), missing(5, 7));
+        assert_eq!(ear.hear(2, None, Claim::Alive), None);
+        assert_eq!(ear.hear(2, Some(8), Claim::Event(8)), missing(5, 7));
         // Restarted with nothing lost.
-        assert_eq!(gaps.observe(&a(3), Claim::Event(9), now), None);
+        assert_eq!(ear.hear(3, Some(9), Claim::Event(9)), None);
         // Restarted on a new database: numbering starts over, nothing owed.
-        assert_eq!(gaps.observe(&a(4), Claim::Event(1), now), None);
-        assert_eq!(gaps.observe(&a(4), Claim::Event(2), now), None);
-        assert_eq!(gaps.observe(&a(4), Claim::Event(4), now), missing(2, 3));
+        assert_eq!(ear.hear(4, Some(1), Claim::Event(1)), None);
+        assert_eq!(ear.hear(4, Some(1), Claim::Event(2)), None);
+        assert_eq!(ear.hear(4, Some(1), Claim::Event(4)), missing(2, 3));
+        // Heard before its first commit, then renumbered: owed from its first.
+        assert_eq!(ear.hear(5, None, Claim::Alive), None);
+        assert_eq!(ear.hear(5, Some(1), Claim::Heartbeat(3)), missing(0, 3));
+    }
+
+    #[test]
+    fn a_boot_heard_before_its_first_commit_is_owed_every_commit() {
+        let mut ear = Ear::new();
+        // The node just started (committed nothing), then our link was cut.
+        assert_eq!(ear.hear(1, None, Claim::Alive), None);
+        assert_eq!(ear.hear(1, Some(40), Claim::Heartbeat(45)), missing(39, 45));
+        assert_eq!(ear.hear(1, Some(40), Claim::Event(46)), None);
+        // The same through an ephemeral event that names the first commit.
+        let mut ear = Ear::new();
+        ear.hear(1, None, Claim::Alive);
+        assert_eq!(ear.hear(1, Some(40), Claim::Alive), None);
+        assert_eq!(ear.hear(1, Some(40), Claim::Event(42)), missing(39, 41));
     }
 
     #[test]
     fn nothing_is_owed_before_the_first_number_heard() {
-        let mut gaps = GapTracker::new(8);
-        let now = Instant::now();
-        assert_eq!(gaps.observe(&a(1), Claim::Alive, now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Heartbeat(40), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(41), now), None);
-        gaps.forget("a");
-        assert_eq!(gaps.observe(&a(1), Claim::Event(90), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(92), now), missing(90, 91));
+        let mut ear = Ear::new();
+        assert_eq!(ear.hear(1, Some(3), Claim::Alive), None);
+        assert_eq!(ear.hear(1, Some(3), Claim::Heartbeat(40)), None);
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(41)), None);
+        ear.gaps.forget("a");
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(90)), None);
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(92)), missing(90, 91));
     }
 
     #[test]
@@ -293,10 +357,10 @@ mod tests {
             node: "b".into(),
             boot: 1,
         };
-        gaps.observe(&a(1), Claim::Event(5), now);
-        gaps.observe(&b, Claim::Event(100), now);
-        assert_eq!(gaps.observe(&b, Claim::Event(101), now), None);
-        assert_eq!(gaps.observe(&a(1), Claim::Event(6), now), None);
+        gaps.observe(&a(1), Some(1), Claim::Event(5), now);
+        gaps.observe(&b, Some(1), Claim::Event(100), now);
+        assert_eq!(gaps.observe(&b, Some(1), Claim::Event(101), now), None);
+        assert_eq!(gaps.observe(&a(1), Some(1), Claim::Event(6), now), None);
         assert_eq!(gaps.len(), 2);
     }
 
@@ -306,7 +370,7 @@ mod tests {
         let start = Instant::now();
         let second = Duration::from_secs(1);
         let (silence, forget) = (5 * second, 60 * second);
-        gaps.observe(&a(1), Claim::Event(5), start);
+        gaps.observe(&a(1), Some(1), Claim::Event(5), start);
         assert!(gaps.silent(start + 4 * second, silence, forget).is_empty());
         assert_eq!(
             gaps.silent(start + 5 * second, silence, forget),
@@ -319,10 +383,8 @@ mod tests {
             vec![missing(7, u64::MAX).unwrap()]
         );
         // Heard again: the recovered part is not asked for twice.
-        assert_eq!(
-            gaps.observe(&a(1), Claim::Event(8), start + 11 * second),
-            None
-        );
+        let heard = start + 11 * second;
+        assert_eq!(gaps.observe(&a(1), Some(1), Claim::Event(8), heard), None);
         assert!(gaps.silent(start + 12 * second, silence, forget).is_empty());
         assert!(gaps.silent(start + 71 * second, silence, forget).is_empty());
         assert!(gaps.is_empty(), "forgotten after a minute of silence");
@@ -332,17 +394,18 @@ mod tests {
     fn the_node_heard_from_least_recently_makes_room() {
         let mut gaps = GapTracker::new(2);
         let start = Instant::now();
+        let at = |s| start + Duration::from_secs(s);
         let node = |name: &str| Origin {
             node: name.into(),
             boot: 1,
         };
-        gaps.observe(&node("x"), Claim::Event(1), start);
-        gaps.observe(&node("y"), Claim::Event(1), start + Duration::from_secs(1));
-        gaps.observe(&node("x"), Claim::Event(2), start + Duration::from_secs(2));
-        gaps.observe(&node("z"), Claim::Event(1), start + Duration::from_secs(3));
+        gaps.observe(&node("x"), Some(1), Claim::Event(1), at(0));
+        gaps.observe(&node("y"), Some(1), Claim::Event(1), at(1));
+        gaps.observe(&node("x"), Some(1), Claim::Event(2), at(2));
+        gaps.observe(&node("z"), Some(1), Claim::Event(1), at(3));
         assert_eq!(gaps.len(), 2);
         // "x" is still known: a skipped number is a gap.
-        let gap = gaps.observe(&node("x"), Claim::Event(4), start + Duration::from_secs(4));
+        let gap = gaps.observe(&node("x"), Some(1), Claim::Event(4), at(4));
         assert_eq!(gap.map(|m| (m.after, m.through)), Some((2, 3)));
     }
 }

@@ -1,14 +1,17 @@
 //! The wire format between cluster nodes: one JSON object per NATS message.
 //!
 //! ```text
-//! <prefix>.events     {"node":"a","boot":123,"seq":41,"event":{…canonical event…}}
-//! <prefix>.heartbeat  {"node":"a","boot":123,"seq":41}
+//! <prefix>.events     {"node":"a","boot":123,"first":7,"seq":41,"event":{…canonical event…}}
+//! <prefix>.heartbeat  {"node":"a","boot":123,"first":7,"seq":41}
 //! ```
 //!
 //! `node` names the sender, `boot` is random per process (a restart is a new
 //! boot), and `seq` is the sender's commit sequence (`origin_seq` in
 //! PostgreSQL): an event's own, or in a heartbeat the last one the sender
-//! committed, `null` for an ephemeral event or before its first commit. The
+//! committed, `null` for an ephemeral event or before its first commit.
+//! `first` is the first sequence number this boot committed, `null` until
+//! then: a node that heard a boot before its first commit knows that every
+//! commit of that boot is owed to its subscribers, from `first` on. The
 //! event is the canonical JSON as stored, written raw, not re-encoded.
 
 use std::sync::Arc;
@@ -36,11 +39,16 @@ pub enum Message {
     /// (`seq` is `None`).
     Event {
         origin: Origin,
+        first: Option<u64>,
         seq: Option<u64>,
         event: Arc<CanonicalEvent>,
     },
     /// "I am alive, and my last commit is `seq`."
-    Heartbeat { origin: Origin, seq: Option<u64> },
+    Heartbeat {
+        origin: Origin,
+        first: Option<u64>,
+        seq: Option<u64>,
+    },
 }
 
 impl Message {
@@ -63,7 +71,7 @@ impl std::fmt::Display for DecodeError {
 }
 
 /// What this node writes on the wire: the invariant part of every message
-/// (`{"node":…,"boot":…,"seq":`) made once.
+/// (`{"node":…,"boot":…,`) made once.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     head: String,
@@ -75,15 +83,14 @@ impl Encoder {
         // Invariant: a string always serializes.
         let node = serde_json::to_string(&origin.node).expect("a string serializes");
         Encoder {
-            head: format!("{{\"node\":{node},\"boot\":{},\"seq\":", origin.boot),
+            head: format!("{{\"node\":{node},\"boot\":{},", origin.boot),
         }
     }
 
     /// An event message; `json` is the event's canonical JSON.
-    pub fn event(&self, seq: Option<u64>, json: &str) -> String {
-        let mut out = String::with_capacity(self.head.len() + json.len() + 32);
-        out.push_str(&self.head);
-        push_seq(&mut out, seq);
+    pub fn event(&self, first: Option<u64>, seq: Option<u64>, json: &str) -> String {
+        let mut out = String::with_capacity(self.head.len() + json.len() + 64);
+        self.push_head(&mut out, first, seq);
         out.push_str(",\"event\":");
         out.push_str(json);
         out.push('}');
@@ -91,18 +98,25 @@ impl Encoder {
     }
 
     /// A heartbeat message.
-    pub fn heartbeat(&self, seq: Option<u64>) -> String {
-        let mut out = String::with_capacity(self.head.len() + 24);
-        out.push_str(&self.head);
-        push_seq(&mut out, seq);
+    pub fn heartbeat(&self, first: Option<u64>, seq: Option<u64>) -> String {
+        let mut out = String::with_capacity(self.head.len() + 64);
+        self.push_head(&mut out, first, seq);
         out.push('}');
         out
     }
+
+    fn push_head(&self, out: &mut String, first: Option<u64>, seq: Option<u64>) {
+        out.push_str(&self.head);
+        out.push_str("\"first\":");
+        push_number(out, first);
+        out.push_str(",\"seq\":");
+        push_number(out, seq);
+    }
 }
 
-fn push_seq(out: &mut String, seq: Option<u64>) {
-    match seq {
-        Some(seq) => out.push_str(&seq.to_string()),
+fn push_number(out: &mut String, number: Option<u64>) {
+    match number {
+        Some(number) => out.push_str(&number.to_string()),
         None => out.push_str("null"),
     }
 }
@@ -111,6 +125,7 @@ fn push_seq(out: &mut String, seq: Option<u64>) {
 struct Wire<'a> {
     node: String,
     boot: u64,
+    first: Option<u64>,
     seq: Option<u64>,
     #[serde(borrow)]
     event: Option<&'a RawValue>,
@@ -126,12 +141,27 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             "node name must be 1 to {MAX_NODE_NAME} bytes"
         )));
     }
-    // Sequences start at 1 (and PostgreSQL's bigint ends at i64::MAX).
+    // As `cluster.node_name` allows (and a NUL would fail every backfill
+    // read: PostgreSQL text cannot hold one).
     if wire
-        .seq
-        .is_some_and(|seq| seq == 0 || seq > i64::MAX as u64)
+        .node
+        .contains(|c: char| c.is_whitespace() || c.is_control())
     {
-        return Err(DecodeError("seq must be from 1 to 2^63-1".into()));
+        return Err(DecodeError(
+            "node name must not contain spaces or control characters".into(),
+        ));
+    }
+    // Sequences start at 1 (and PostgreSQL's bigint ends at i64::MAX).
+    let out_of_range = |n: Option<u64>| n.is_some_and(|n| n == 0 || n > i64::MAX as u64);
+    if out_of_range(wire.seq) || out_of_range(wire.first) {
+        return Err(DecodeError("seq and first must be from 1 to 2^63-1".into()));
+    }
+    // A committed event, or a heartbeat counting commits, comes from a boot
+    // that committed, at or after its first.
+    if let Some(seq) = wire.seq
+        && wire.first.is_none_or(|first| first > seq)
+    {
+        return Err(DecodeError("seq without a first at or before it".into()));
     }
     let origin = Origin {
         node: wire.node,
@@ -140,10 +170,12 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     match wire.event {
         None => Ok(Message::Heartbeat {
             origin,
+            first: wire.first,
             seq: wire.seq,
         }),
         Some(raw) => Ok(Message::Event {
             origin,
+            first: wire.first,
             seq: wire.seq,
             event: Arc::new(canonical_event(raw.get())?),
         }),
@@ -177,7 +209,7 @@ pub(crate) mod tests {
 
     fn origin() -> Origin {
         Origin {
-            node: "node \"a\"".into(),
+            node: "node-\"a\"".into(),
             boot: u64::MAX,
         }
     }
@@ -192,9 +224,10 @@ pub(crate) mod tests {
     #[test]
     fn an_event_message_round_trips_byte_for_byte() {
         let event = signed_event();
-        let encoded = Encoder::new(&origin()).event(Some(41), &event.json);
+        let encoded = Encoder::new(&origin()).event(Some(7), Some(41), &event.json);
         let Message::Event {
             origin: from,
+            first,
             seq,
             event: decoded,
         } = decode(encoded.as_bytes()).unwrap()
@@ -202,7 +235,7 @@ pub(crate) mod tests {
             panic!("an event message decodes as an event");
         };
         assert_eq!(from, origin());
-        assert_eq!(seq, Some(41));
+        assert_eq!((first, seq), (Some(7), Some(41)));
         assert_eq!(decoded.json, event.json);
         assert_eq!(decoded.event, event.event);
     }
@@ -211,18 +244,33 @@ pub(crate) mod tests {
     fn ephemeral_events_and_heartbeats_carry_no_or_the_last_seq() {
         let encoder = Encoder::new(&origin());
         let event = signed_event();
-        let decoded = decode(encoder.event(None, &event.json).as_bytes()).unwrap();
-        assert!(matches!(decoded, Message::Event { seq: None, .. }));
-        for seq in [None, Some(1), Some(i64::MAX as u64)] {
-            let decoded = decode(encoder.heartbeat(seq).as_bytes()).unwrap();
+        for first in [None, Some(3)] {
+            let decoded = decode(encoder.event(first, None, &event.json).as_bytes()).unwrap();
+            let Message::Event {
+                first: got, seq, ..
+            } = decoded
+            else {
+                panic!("an ephemeral event decodes as an event");
+            };
+            assert_eq!((got, seq), (first, None));
+        }
+        let heartbeats = [
+            (None, None),
+            (Some(1), None),
+            (Some(1), Some(1)),
+            (Some(1), Some(i64::MAX as u64)),
+        ];
+        for (first, seq) in heartbeats {
+            let decoded = decode(encoder.heartbeat(first, seq).as_bytes()).unwrap();
             let Message::Heartbeat {
                 origin: from,
+                first: got_first,
                 seq: got,
             } = decoded
             else {
                 panic!("a heartbeat decodes as a heartbeat");
             };
-            assert_eq!((from, got), (origin(), seq));
+            assert_eq!((from, got_first, got), (origin(), first, seq));
         }
     }
 
@@ -240,21 +288,29 @@ pub(crate) mod tests {
             "[]".into(),
             "null".into(),
             "{}".into(),
-            r#"{"node":"a","seq":1}"#.into(),
-            r#"{"node":"","boot":1,"seq":1}"#.into(),
-            format!(r#"{{"node":"{too_long}","boot":1,"seq":1}}"#),
-            r#"{"node":7,"boot":1,"seq":1}"#.into(),
-            r#"{"node":"a","boot":-1,"seq":1}"#.into(),
+            r#"{"node":"a","first":1,"seq":1}"#.into(),
+            r#"{"node":"","boot":1,"first":1,"seq":1}"#.into(),
+            format!(r#"{{"node":"{too_long}","boot":1,"first":1,"seq":1}}"#),
+            r#"{"node":7,"boot":1,"first":1,"seq":1}"#.into(),
+            r#"{"node":"x\u0000y","boot":1,"first":1,"seq":1}"#.into(),
+            r#"{"node":"x y","boot":1,"first":1,"seq":1}"#.into(),
+            r#"{"node":"a","boot":-1,"first":1,"seq":1}"#.into(),
             r#"{"node":"a","boot":1,"seq":0}"#.into(),
-            r#"{"node":"a","boot":1,"seq":-3}"#.into(),
-            r#"{"node":"a","boot":1,"seq":1.5}"#.into(),
-            r#"{"node":"a","boot":1,"seq":9223372036854775808}"#.into(),
-            r#"{"node":"a","boot":1,"seq":99999999999999999999999}"#.into(),
-            r#"{"node":"a","boot":1,"seq":1,"event":"x"}"#.into(),
-            r#"{"node":"a","boot":1,"seq":1,"event":{}}"#.into(),
-            r#"{"node":"a","boot":1,"seq":1,"event":[1,2]}"#.into(),
-            format!(r#"{{"node":"a","boot":1,"seq":1,"event":{tampered}}}"#),
-            format!(r#"{{"node":"a","boot":1,"seq":1,"event":{}"#, event.json),
+            r#"{"node":"a","boot":1,"seq":5}"#.into(), // counts commits, names no first
+            r#"{"node":"a","boot":1,"first":6,"seq":5}"#.into(),
+            r#"{"node":"a","boot":1,"first":0,"seq":5}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":-3}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":1.5}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":9223372036854775808}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":99999999999999999999999}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":1,"event":"x"}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":1,"event":{}}"#.into(),
+            r#"{"node":"a","boot":1,"first":1,"seq":1,"event":[1,2]}"#.into(),
+            format!(r#"{{"node":"a","boot":1,"first":1,"seq":1,"event":{tampered}}}"#),
+            format!(
+                r#"{{"node":"a","boot":1,"first":1,"seq":1,"event":{}"#,
+                event.json
+            ),
             "\u{0}\u{ff}".into(),
             "[".repeat(100_000),
         ];

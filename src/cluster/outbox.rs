@@ -41,8 +41,12 @@ pub struct OutboxReceiver {
     dropped: Arc<Dropped>,
 }
 
+/// What the publisher learns beside the queue itself.
 #[derive(Default)]
 struct Dropped {
+    /// The first sequence number committed by this process (0: none yet),
+    /// which every message names (see `message`).
+    first_seq: AtomicU64,
     /// Events that did not fit in the queue.
     count: AtomicU64,
     /// The highest sequence number among them (0: none).
@@ -72,6 +76,15 @@ pub(super) fn outbox_with_capacity(capacity: usize) -> (Outbox, OutboxReceiver) 
 impl Outbox {
     /// Events just committed, in commit order (the store's commit hook).
     pub fn committed(&self, committed: &[Committed]) {
+        if let Some(first) = committed.first() {
+            // Commits come in order: only the very first call sets it.
+            let _ = self.dropped.first_seq.compare_exchange(
+                0,
+                first.seq,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         for c in committed {
             self.push(Outgoing {
                 seq: Some(c.seq),
@@ -121,6 +134,11 @@ impl OutboxReceiver {
         self.dropped.count.swap(0, Ordering::Relaxed)
     }
 
+    /// The first sequence number this process committed, if any.
+    pub fn first_seq(&self) -> Option<u64> {
+        Some(self.dropped.first_seq.load(Ordering::Relaxed)).filter(|seq| *seq > 0)
+    }
+
     /// The highest sequence number ever dropped (0: none).
     pub fn highest_dropped_seq(&self) -> u64 {
         self.dropped.highest_seq.load(Ordering::Relaxed)
@@ -135,6 +153,7 @@ mod tests {
     #[test]
     fn a_full_outbox_drops_counts_and_remembers_the_highest_seq() {
         let (outbox, mut receiver) = outbox_with_capacity(2);
+        assert_eq!(receiver.first_seq(), None);
         let event = signed_event();
         let committed = |seq| Committed {
             seq,
@@ -146,6 +165,7 @@ mod tests {
         assert_eq!(receiver.take_dropped(), 3);
         assert_eq!(receiver.take_dropped(), 0);
         assert_eq!(receiver.highest_dropped_seq(), 4);
+        assert_eq!(receiver.first_seq(), Some(1));
         let seqs: Vec<_> = std::iter::from_fn(|| receiver.try_recv())
             .map(|o| o.seq)
             .collect();

@@ -55,30 +55,34 @@ impl Publisher {
     /// Publishes until `stop` (or until every outbox is gone), then what is
     /// left in the outbox and a last heartbeat.
     pub(super) async fn run(mut self, mut outbox: OutboxReceiver, mut stop: watch::Receiver<bool>) {
-        let mut heartbeat = tokio::time::interval(HEARTBEAT_PERIOD);
+        // The first one a period from now, once the connection had a chance.
+        let first = tokio::time::Instant::now() + HEARTBEAT_PERIOD;
+        let mut heartbeat = tokio::time::interval_at(first, HEARTBEAT_PERIOD);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // A dropped handle (Err) detaches: only `stop` stops.
                 true = stop_requested(&mut stop) => break,
                 outgoing = outbox.recv() => match outgoing {
-                    Some(outgoing) => self.publish_event(outgoing).await,
+                    Some(outgoing) => self.publish_event(outgoing, outbox.first_seq()).await,
                     None => break,
                 },
                 _ = heartbeat.tick() => self.publish_heartbeat(&outbox).await,
             }
         }
         while let Some(outgoing) = outbox.try_recv() {
-            self.publish_event(outgoing).await;
+            self.publish_event(outgoing, outbox.first_seq()).await;
         }
         self.publish_heartbeat(&outbox).await;
     }
 
-    async fn publish_event(&mut self, outgoing: Outgoing) {
+    async fn publish_event(&mut self, outgoing: Outgoing, first: Option<u64>) {
         if let Some(seq) = outgoing.seq {
             self.last_seq = self.last_seq.max(seq);
         }
-        let payload = self.encoder.event(outgoing.seq, &outgoing.event.json);
+        let payload = self
+            .encoder
+            .event(first, outgoing.seq, &outgoing.event.json);
         let subject = self.subjects.events.clone();
         if !self.publish(subject, payload).await {
             self.metrics.unpublished.increment(1);
@@ -94,7 +98,9 @@ impl Publisher {
         // Events dropped from a full outbox count too: the other nodes
         // find them in the database.
         let seq = self.last_seq.max(outbox.highest_dropped_seq());
-        let payload = self.encoder.heartbeat((seq > 0).then_some(seq));
+        let payload = self
+            .encoder
+            .heartbeat(outbox.first_seq(), (seq > 0).then_some(seq));
         let subject = self.subjects.heartbeat.clone();
         self.publish(subject, payload).await;
     }

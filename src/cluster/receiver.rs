@@ -164,15 +164,20 @@ impl<L: OriginLog> Receiver<L> {
 
     async fn on_message(&mut self, message: Message, now: std::time::Instant) {
         match message {
-            Message::Heartbeat { origin, seq } => {
+            Message::Heartbeat { origin, first, seq } => {
                 let claim = seq.map_or(Claim::Alive, Claim::Heartbeat);
-                if let Some(missing) = self.gaps.observe(&origin, claim, now) {
+                if let Some(missing) = self.gaps.observe(&origin, first, claim, now) {
                     self.backfill(missing).await;
                 }
             }
-            Message::Event { origin, seq, event } => {
+            Message::Event {
+                origin,
+                first,
+                seq,
+                event,
+            } => {
                 let claim = seq.map_or(Claim::Alive, Claim::Event);
-                if let Some(missing) = self.gaps.observe(&origin, claim, now) {
+                if let Some(missing) = self.gaps.observe(&origin, first, claim, now) {
                     self.backfill(missing).await;
                 }
                 self.deliver(&event);
@@ -359,7 +364,7 @@ mod tests {
     impl Setup {
         async fn event(&mut self, seq: u64) {
             let json = self.events[seq as usize - 1].json.clone();
-            let payload = self.a.event(Some(seq), &json);
+            let payload = self.a.event(Some(1), Some(seq), &json);
             self.receiver.on_payload(payload.as_bytes()).await;
         }
 
@@ -389,7 +394,7 @@ mod tests {
         s.event(6).await;
         assert_eq!(s.delivered(), vec![6]);
         // A heartbeat saying 6 is the last: nothing missing.
-        let heartbeat = s.a.heartbeat(Some(6));
+        let heartbeat = s.a.heartbeat(Some(1), Some(6));
         s.receiver.on_payload(heartbeat.as_bytes()).await;
         assert_eq!(s.log.reads.lock().unwrap().len(), 1);
     }
@@ -398,10 +403,22 @@ mod tests {
     async fn a_heartbeat_reveals_lost_last_events() {
         let mut s = setup(4, false);
         s.event(1).await;
-        let heartbeat = s.a.heartbeat(Some(4));
+        let heartbeat = s.a.heartbeat(Some(1), Some(4));
         s.receiver.on_payload(heartbeat.as_bytes()).await;
         assert_eq!(s.delivered(), vec![1, 2, 3, 4]);
         assert_eq!(*s.log.reads.lock().unwrap(), vec![(1, 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_node_heard_before_its_first_commit_owes_every_commit() {
+        let mut s = setup(3, false);
+        let empty = s.a.heartbeat(None, None);
+        s.receiver.on_payload(empty.as_bytes()).await;
+        // NATS lost all three events; the next heartbeat counts them.
+        let heartbeat = s.a.heartbeat(Some(1), Some(3));
+        s.receiver.on_payload(heartbeat.as_bytes()).await;
+        assert_eq!(s.delivered(), vec![1, 2, 3]);
+        assert_eq!(*s.log.reads.lock().unwrap(), vec![(0, 3)]);
     }
 
     #[tokio::test]
@@ -413,14 +430,14 @@ mod tests {
         });
         let json = s.events[0].json.clone();
         s.receiver
-            .on_payload(mine.event(Some(1), &json).as_bytes())
+            .on_payload(mine.event(Some(1), Some(1), &json).as_bytes())
             .await;
         let clash = Encoder::new(&Origin {
             node: "me".into(),
             boot: 2,
         });
         s.receiver
-            .on_payload(clash.event(Some(1), &json).as_bytes())
+            .on_payload(clash.event(Some(1), Some(1), &json).as_bytes())
             .await;
         assert!(s.receiver.name_clash_warned);
         s.receiver.on_payload(b"{\"node\":\"a\"").await;
@@ -453,7 +470,7 @@ mod tests {
         });
         s.receiver.log = log;
         s.event(1).await;
-        let heartbeat = s.a.heartbeat(Some(MAX_BACKFILL as u64 + 2));
+        let heartbeat = s.a.heartbeat(Some(1), Some(MAX_BACKFILL as u64 + 2));
         s.receiver.on_payload(heartbeat.as_bytes()).await;
         assert_eq!(s.fanout.len(), 0);
         assert_eq!(s.deliveries.interruptions().take().len(), 1);

@@ -73,8 +73,7 @@ impl Source {
                     .build()
                     .map_err(|e| StoreError::Other(e.to_string()))?;
                 let options = store::postgres_options(config);
-                let store =
-                    runtime.block_on(Store::open_postgres(&options, Box::new(|_| {})))?;
+                let store = runtime.block_on(Store::open_postgres(&options, Box::new(|_| {})))?;
                 Ok(Source::Postgres(store, runtime))
             }
         }
@@ -128,7 +127,10 @@ pub fn run(config: &Config, args: &ExportArgs) -> ExitCode {
     let source = match Source::open(config) {
         Ok(source) => source,
         Err(error) => {
-            eprintln!("error: cannot open the {}: {error}", config.database_label());
+            eprintln!(
+                "error: cannot open the {}: {error}",
+                config.database_label()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -155,9 +157,9 @@ pub fn run(config: &Config, args: &ExportArgs) -> ExitCode {
                 .and_then(|()| out.write_all(b"\n"))
         })
         .and_then(|count| {
-        out.flush().map_err(Failure::Write)?;
-        Ok(count)
-    });
+            out.flush().map_err(Failure::Write)?;
+            Ok(count)
+        });
     drop(out);
     let outcome = outcome.and_then(|count| {
         // A backup is only one once it is on the disk.

@@ -335,12 +335,13 @@ fn open(
                 .build()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?;
             let options = crate::store::postgres_options(config);
-            let (store, stored) = runtime.block_on(async {
-                let store = Store::open_postgres(&options, Box::new(|_| {})).await?;
-                let stored = store.lists().await?;
-                Ok::<_, StoreError>((store, stored))
-            })
-            .map_err(cannot_open)?;
+            let (store, stored) = runtime
+                .block_on(async {
+                    let store = Store::open_postgres(&options, Box::new(|_| {})).await?;
+                    let stored = store.lists().await?;
+                    Ok::<_, StoreError>((store, stored))
+                })
+                .map_err(cannot_open)?;
             (store, stored, Some(runtime))
         }
     };

@@ -15,14 +15,14 @@ pub mod export;
 pub mod lists;
 pub mod maintenance;
 pub mod negentropy;
+pub mod postgres;
 pub mod query;
 pub mod retention;
 pub mod schema;
 pub mod search;
 mod sql;
-pub mod stats;
-pub mod postgres;
 pub mod sqlite;
+pub mod stats;
 pub mod writer;
 
 use std::path::Path;
@@ -133,7 +133,9 @@ enum Backend {
 
 /// What a method needs that only one backend has.
 fn unsupported(what: &str, backend: &str) -> StoreError {
-    StoreError::Other(format!("{what} is not available with the {backend} backend"))
+    StoreError::Other(format!(
+        "{what} is not available with the {backend} backend"
+    ))
 }
 
 impl Store {
@@ -351,7 +353,9 @@ impl Store {
     ) -> Result<usize, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Err(unsupported("async list edits", "SQLite")),
-            Backend::Postgres(postgres, _) => postgres.apply_edit(edit, seed_allowed_kinds, now).await,
+            Backend::Postgres(postgres, _) => {
+                postgres.apply_edit(edit, seed_allowed_kinds, now).await
+            }
         }
     }
 

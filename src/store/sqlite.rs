@@ -287,4 +287,3 @@ pub fn freshness(conn: &Connection, event: &Event) -> Result<Freshness, StoreErr
         Ok(Freshness::New)
     }
 }
-

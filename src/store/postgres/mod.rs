@@ -72,6 +72,13 @@ impl PgStore {
         if writer_config.get_connect_timeout().is_none() {
             writer_config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A writer never waits forever for another node's locks, and a
+        // transaction left open by a writer cut off from the server (its
+        // locks with it) is ended by the server.
+        add_options(
+            &mut writer_config,
+            "-c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000",
+        );
         let (mut writer_client, connection) = writer_config.connect(NoTls).await?;
         let connection_task = tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -87,10 +94,13 @@ impl PgStore {
         }
         // The query budget, enforced by the server on every statement of a
         // reader: a runaway query is cancelled there (SQLSTATE 57014).
-        reader_config.options(format!(
-            "-c statement_timeout={}",
-            options.query_timeout.as_millis().max(1)
-        ));
+        add_options(
+            &mut reader_config,
+            &format!(
+                "-c statement_timeout={}",
+                options.query_timeout.as_millis().max(1)
+            ),
+        );
         let manager = Manager::from_config(
             reader_config,
             NoTls,
@@ -321,6 +331,15 @@ impl PgStore {
 
 /// How long opening one connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Appends server settings to the URL's own `options`, if any.
+fn add_options(config: &mut tokio_postgres::Config, settings: &str) {
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{own} {settings}"),
+        _ => settings.to_owned(),
+    };
+    config.options(options);
+}
 
 /// A u64 as PostgreSQL's bigint, saturating.
 fn clamp_i64(value: u64) -> i64 {

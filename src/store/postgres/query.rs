@@ -297,7 +297,7 @@ pub(super) fn union_of_parts(
         .restrict(filter)
         .iter()
         .filter(|part| !part.is_unsatisfiable())
-        .map(|part| part_sql(sql, part, now, reading))
+        .map(|part| format!("({})", part_sql(sql, part, now, reading)))
         .collect();
     (!parts.is_empty()).then(|| parts.join(" UNION ALL "))
 }

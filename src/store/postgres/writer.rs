@@ -342,6 +342,7 @@ impl Writer {
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
         let mut savepoints = false;
         let mut retries = 0;
+        let mut reconnected = false;
         loop {
             self.connected().await?;
             match apply_batch(
@@ -359,6 +360,13 @@ impl Writer {
                     tracing::debug!(%error, retries, "write batch met another node's; retrying");
                     let pause = rand::random_range(1..=10u64 * u64::from(retries));
                     tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                // The server restarted, or ended this connection: once
+                // more on a new one. (Lost during COMMIT, the batch may
+                // have been stored: its events are then duplicates.)
+                Err(error) if self.client.is_closed() && !reconnected => {
+                    tracing::warn!(%error, "the writer lost its connection; reconnecting");
+                    reconnected = true;
                 }
                 Err(error) if !savepoints && !self.client.is_closed() => {
                     tracing::debug!(%error, "batch failed as a whole; retrying event by event");
