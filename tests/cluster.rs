@@ -555,3 +555,62 @@ async fn cluster_a_node_started_while_nats_is_down_serves_its_clients() {
     cluster.wait_until_connected(&["a", "b"]).await;
     subscriber.expect_silence(Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_events_committed_before_a_node_first_hears_the_other_reach_it() {
+    // a commits once with NATS up; b starts while NATS is down, so it has
+    // never heard a when a commits again.
+    let mut cluster = Cluster::services();
+    cluster.start_node("a").await;
+    let keys = Keys::generate();
+    let mut on_a = cluster.client("a").await;
+    let before = note(&Keys::generate(), "before b started");
+    assert_eq!(on_a.publish(&before).await, (true, String::new()));
+    cluster.nats.stop();
+    cluster.start_node("b").await;
+    let filter = json!({"authors": [keys.public_key().to_hex()]});
+    let mut on_b = cluster.client("b").await;
+    assert!(on_b.req("live", vec![filter]).await.is_empty());
+    let mut expected = HashSet::new();
+    for n in 0..5 {
+        let event = note(&keys, &format!("on a while b has no NATS, {n}"));
+        assert_eq!(on_a.publish(&event).await, (true, String::new()));
+        expected.insert(event.id.to_hex());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.nats.restart();
+
+    // b's subscriber gets each of them once, or is told it may have missed
+    // events: never silence.
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + CROSSING;
+    let outcome = loop {
+        if seen == expected {
+            break "delivered";
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b delivered {} of 5 events and did not close the subscription",
+            seen.len()
+        );
+        // Shorter than Client::recv's own limit, so that silence fails
+        // with the message above.
+        let wait = tokio::time::timeout(Duration::from_secs(5), on_b.recv());
+        let Ok(message) = wait.await else { continue };
+        match message[0].as_str() {
+            Some("EVENT") if message[1] == "live" => {
+                let id = message[2]["id"].as_str().unwrap().to_owned();
+                assert!(expected.contains(&id), "unexpected {message}");
+                assert!(seen.insert(id), "delivered twice: {message}");
+            }
+            Some("CLOSED") if message[1] == "live" => {
+                let reason = message[2].as_str().unwrap();
+                assert!(reason.starts_with("error:"), "{reason}");
+                break "closed";
+            }
+            _ => {}
+        }
+    };
+    eprintln!("events a committed before b first heard it: {outcome}");
+    on_b.expect_silence(Duration::from_millis(1500)).await;
+}

@@ -40,8 +40,9 @@ pub enum Claim {
 /// How far a node's commits were heard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mark {
-    /// Nothing known yet: the first number heard is taken as it is (the
-    /// commits before it happened before this node listened).
+    /// Nothing known yet (never seeded, or forgotten): the first number
+    /// heard is taken as it is (the commits before it happened before this
+    /// node listened).
     Unknown,
     /// Everything up to this number was heard (or recovered).
     Through(u64),
@@ -49,7 +50,9 @@ enum Mark {
 
 #[derive(Debug)]
 struct NodeState {
-    boot: u64,
+    /// `None`: seeded from the database, not heard yet; whichever boot is
+    /// heard first continues the database's numbers.
+    boot: Option<u64>,
     mark: Mark,
     /// This node heard the current boot before its first commit: every
     /// commit of the boot is owed, from its `first` on.
@@ -80,9 +83,10 @@ impl GapTracker {
     /// `first` first (`None`: nothing yet); returns the range of its
     /// commits that was missed before it, if any.
     ///
-    /// The first number heard from a node is taken as it is, unless this
-    /// node heard the boot before its first commit (then the boot's
-    /// commits are owed from `first` on). A new boot continues the
+    /// The first number heard from a node is taken as it is, unless the
+    /// node was [`seed`](Self::seed)ed from the database (then what it
+    /// committed since is owed), or this node heard the boot before its
+    /// first commit (then the boot's commits are owed from `first` on). A new boot continues the
     /// numbering of the last, so what the previous run published last and
     /// was lost is found the same way; a boot whose numbers go back (its
     /// database was replaced) starts afresh.
@@ -105,7 +109,7 @@ impl GapTracker {
             .nodes
             .entry(origin.node.clone())
             .or_insert_with(|| NodeState {
-                boot: origin.boot,
+                boot: Some(origin.boot),
                 mark: Mark::Unknown,
                 heard_empty: false,
                 heard: now,
@@ -113,12 +117,15 @@ impl GapTracker {
             });
         state.heard = now;
         state.checked = None;
-        if state.boot != origin.boot {
-            state.boot = origin.boot;
+        if state.boot != Some(origin.boot) {
+            let seeded = state.boot.is_none();
+            state.boot = Some(origin.boot);
             state.heard_empty = false;
             // A new boot's numbers continue the last one's; if they go
-            // back, its database was replaced: nothing is known.
-            if let Mark::Through(last) = state.mark
+            // back, its database was replaced: nothing is known. (A seeded
+            // mark came from this very database: it stands.)
+            if !seeded
+                && let Mark::Through(last) = state.mark
                 && first.is_some_and(|first| first <= last)
             {
                 state.mark = Mark::Unknown;
@@ -153,6 +160,28 @@ impl GapTracker {
                 None
             }
         }
+    }
+
+    /// Takes `node`'s last committed number, read from the database when
+    /// this node starts, as what was heard so far: the first message heard
+    /// from it then reveals what it committed in between, and the silence
+    /// check looks for its commits even if it is never heard. A node
+    /// already heard from keeps its own mark.
+    pub fn seed(&mut self, node: &str, last: u64, now: Instant) {
+        if self.nodes.contains_key(node) {
+            return;
+        }
+        self.make_room();
+        self.nodes.insert(
+            node.to_owned(),
+            NodeState {
+                boot: None,
+                mark: Mark::Through(last),
+                heard_empty: false,
+                heard: now,
+                checked: None,
+            },
+        );
     }
 
     /// Nodes not heard from for `silence` (stopped, cut off, or our own
@@ -347,6 +376,51 @@ mod tests {
         ear.gaps.forget("a");
         assert_eq!(ear.hear(1, Some(3), Claim::Event(90)), None);
         assert_eq!(ear.hear(1, Some(3), Claim::Event(92)), missing(90, 91));
+    }
+
+    #[test]
+    fn a_seeded_node_owes_what_it_committed_since() {
+        let mut ear = Ear::new();
+        ear.gaps.seed("a", 40, ear.now);
+        // Its boot began long before (first 3): the database's mark stands.
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(45)), missing(40, 44));
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(46)), None);
+        // Seeded, then heard with nothing new, then a heartbeat further on.
+        let mut ear = Ear::new();
+        ear.gaps.seed("a", 40, ear.now);
+        assert_eq!(ear.hear(1, Some(3), Claim::Heartbeat(40)), None);
+        assert_eq!(ear.hear(1, Some(3), Claim::Heartbeat(42)), missing(40, 42));
+        // Seeded, then a message committed before the seed arrives late.
+        let mut ear = Ear::new();
+        ear.gaps.seed("a", 40, ear.now);
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(39)), None);
+        assert_eq!(ear.hear(1, Some(3), Claim::Event(41)), None);
+        // Seeded, restarted and heard before its first commit.
+        let mut ear = Ear::new();
+        ear.gaps.seed("a", 40, ear.now);
+        assert_eq!(ear.hear(2, None, Claim::Alive), None);
+        assert_eq!(ear.hear(2, Some(41), Claim::Heartbeat(43)), missing(40, 43));
+        // Seeding a node already heard keeps its own mark.
+        let mut ear = Ear::new();
+        ear.hear(1, Some(1), Claim::Event(50));
+        ear.gaps.seed("a", 40, ear.now);
+        assert_eq!(ear.hear(1, Some(1), Claim::Event(51)), None);
+    }
+
+    #[test]
+    fn a_seeded_node_never_heard_is_looked_for_then_forgotten() {
+        let mut gaps = GapTracker::new(8);
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let (silence, forget) = (5 * second, 60 * second);
+        gaps.seed("a", 12, start);
+        assert!(gaps.silent(start + 4 * second, silence, forget).is_empty());
+        assert_eq!(
+            gaps.silent(start + 5 * second, silence, forget),
+            vec![missing(12, u64::MAX).unwrap()]
+        );
+        assert!(gaps.silent(start + 60 * second, silence, forget).is_empty());
+        assert!(gaps.is_empty());
     }
 
     #[test]

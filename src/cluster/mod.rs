@@ -95,7 +95,10 @@ impl Drop for ClusterHandle {
 /// `pending` receives, and delivering the other nodes' events to `fanout`.
 /// Returns at once even while NATS is down (it connects in the background
 /// and keeps trying); errors only on a `cluster.nats_url` that does not
-/// parse. The receiver stops at `shutdown`; the publisher at
+/// parse. Before it returns it reads every other node's last commit number
+/// from the database (at most 10 s; on failure a warning), so that what they
+/// commit from now on reaches this node's subscriptions even if their
+/// messages never do. The receiver stops at `shutdown`; the publisher at
 /// [`ClusterHandle::stop`].
 pub async fn start(
     config: &Config,
@@ -164,9 +167,11 @@ pub async fn start(
         publisher::Publisher::new(client.clone(), subjects.clone(), &origin, metrics.clone())
             .run(pending, stopped),
     );
-    let receiver = tokio::spawn(
-        receiver::Receiver::new(origin, subjects, store, fanout, metrics).run(incoming, shutdown),
-    );
+    let mut receiver = receiver::Receiver::new(origin, subjects, store, fanout, metrics);
+    // After subscribing: what the others commit past the numbers read is
+    // either heard or revealed as a gap.
+    receiver.seed().await;
+    let receiver = tokio::spawn(receiver.run(incoming, shutdown));
     Ok(ClusterHandle {
         client,
         stop,

@@ -33,7 +33,8 @@ const SILENCE: Duration = Duration::from_secs(5);
 /// A node silent this long is forgotten (a node renamed or gone for good).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
-/// Longest a backfill read may take before it counts as failed.
+/// Longest a database read (a backfill, the start's baseline) may take
+/// before it counts as failed.
 const BACKFILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where missed events are read back from: the shared database.
@@ -47,6 +48,10 @@ pub(super) trait OriginLog: Send + Sync + 'static {
         through: u64,
         cap: usize,
     ) -> impl Future<Output = Result<Vec<(u64, String)>, StoreError>> + Send;
+
+    /// Every node's last committed sequence number: (node, seq).
+    fn node_sequences(&self)
+    -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
 }
 
 impl OriginLog for Store {
@@ -59,6 +64,25 @@ impl OriginLog for Store {
     ) -> impl Future<Output = Result<Vec<(u64, String)>, StoreError>> + Send {
         // The inherent method (inherent methods win over the trait's).
         Store::events_from_origin(self, node, after, through, cap)
+    }
+
+    fn node_sequences(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send {
+        Store::node_sequences(self)
+    }
+}
+
+/// The end of a missing range as logged: `u64::MAX` (a silent node's
+/// commits, end unknown) reads "open-ended".
+struct Through(u64);
+
+impl std::fmt::Display for Through {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            u64::MAX => f.write_str("open-ended"),
+            through => write!(f, "{through}"),
+        }
     }
 }
 
@@ -109,6 +133,37 @@ impl<L: OriginLog> Receiver<L> {
             recent: RecentIds::new(RECENT_IDS),
             name_clash_warned: false,
         }
+    }
+
+    /// Takes every other node's last commit in the database as heard, so
+    /// that what they commit from now on is owed to this node's
+    /// subscriptions even if their messages never reach it (NATS down at
+    /// this node's start). Call it once, before [`run`](Self::run); if the
+    /// read fails, each node's first number heard is the baseline instead.
+    pub(super) async fn seed(&mut self) {
+        let read = self.log.node_sequences();
+        let sequences = match tokio::time::timeout(BACKFILL_TIMEOUT, read).await {
+            Ok(Ok(sequences)) => sequences,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the other nodes' sequence numbers; events they commit before they are first heard may not reach live subscriptions");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "reading the other nodes' sequence numbers timed out; events they commit before they are first heard may not reach live subscriptions"
+                );
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut seeded = 0;
+        for (node, last) in sequences {
+            if node != self.me.node {
+                self.gaps.seed(&node, last, now);
+                seeded += 1;
+            }
+        }
+        tracing::debug!(nodes = seeded, "cluster baseline read from the database");
     }
 
     /// Delivers until the relay shuts down (or the subscription ends).
@@ -247,7 +302,7 @@ impl<L: OriginLog> Receiver<L> {
         tracing::warn!(
             node = %missing.node,
             after = missing.after,
-            through = missing.through,
+            through = %Through(missing.through),
             cause,
             subscriptions = ended,
             "missed live events from another node could not be recovered; ended every live subscription"
@@ -282,6 +337,8 @@ mod tests {
     #[derive(Default)]
     struct FakeLog {
         rows: Vec<(u64, String)>,
+        /// What `node_sequences` reads.
+        sequences: Vec<(String, u64)>,
         fail: bool,
         reads: Mutex<Vec<(u64, u64)>>,
     }
@@ -309,6 +366,17 @@ mod tests {
             };
             async move { result }
         }
+
+        fn node_sequences(
+            &self,
+        ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send {
+            let result = if self.fail {
+                Err(StoreError::Other("down".into()))
+            } else {
+                Ok(self.sequences.clone())
+            };
+            async move { result }
+        }
     }
 
     struct Setup {
@@ -331,6 +399,7 @@ mod tests {
             .collect();
         let log = Arc::new(FakeLog {
             rows: (1..).zip(events.iter().map(|e| e.json.clone())).collect(),
+            sequences: Vec::new(),
             fail,
             reads: Mutex::default(),
         });
@@ -366,6 +435,20 @@ mod tests {
             let json = self.events[seq as usize - 1].json.clone();
             let payload = self.a.event(Some(1), Some(seq), &json);
             self.receiver.on_payload(payload.as_bytes()).await;
+        }
+
+        /// Seeds the receiver as at start, from a database where node "a"
+        /// had committed through `a` and this node through 99.
+        async fn seed(&mut self, a: u64) {
+            let log = Arc::new(FakeLog {
+                rows: self.log.rows.clone(),
+                sequences: vec![("a".into(), a), ("me".into(), 99)],
+                fail: self.log.fail,
+                reads: Mutex::default(),
+            });
+            self.receiver.log = log.clone();
+            self.log = log;
+            self.receiver.seed().await;
         }
 
         /// The seqs (positions in `events`) delivered since the last call.
@@ -419,6 +502,54 @@ mod tests {
         s.receiver.on_payload(heartbeat.as_bytes()).await;
         assert_eq!(s.delivered(), vec![1, 2, 3]);
         assert_eq!(*s.log.reads.lock().unwrap(), vec![(0, 3)]);
+    }
+
+    #[tokio::test]
+    async fn the_first_number_heard_after_a_seed_reveals_what_was_missed() {
+        let mut s = setup(6, false);
+        s.seed(2).await;
+        assert_eq!(s.receiver.gaps.len(), 1, "this node is not tracked");
+        // Node "a" committed 3 and 4 while this node heard nothing (NATS
+        // down at its start); 5 is the first message heard.
+        s.event(5).await;
+        assert_eq!(s.delivered(), vec![3, 4, 5]);
+        assert_eq!(*s.log.reads.lock().unwrap(), vec![(2, 4)]);
+        s.event(6).await;
+        assert_eq!(s.delivered(), vec![6]);
+        assert_eq!(s.log.reads.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_seeded_node_never_heard_is_looked_for_in_the_database() {
+        let mut s = setup(4, false);
+        s.seed(1).await;
+        let later = Instant::now() + SILENCE;
+        for missing in s.receiver.gaps.silent(later, SILENCE, FORGET_AFTER) {
+            s.receiver.backfill(missing).await;
+        }
+        assert_eq!(s.delivered(), vec![2, 3, 4]);
+        assert_eq!(*s.log.reads.lock().unwrap(), vec![(1, i64::MAX as u64)]);
+        // Then heard: in order, nothing asked for twice.
+        s.event(4).await;
+        assert_eq!(s.delivered(), Vec::<u64>::new());
+        assert_eq!(s.log.reads.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_seed_leaves_the_first_number_heard_as_the_baseline() {
+        let mut s = setup(3, true);
+        s.seed(1).await;
+        assert!(s.receiver.gaps.is_empty());
+        assert_eq!(s.fanout.len(), 1, "no subscription ended");
+        s.event(3).await;
+        assert_eq!(s.delivered(), vec![3]);
+        assert!(s.log.reads.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_open_ended_range_is_logged_as_such() {
+        assert_eq!(Through(u64::MAX).to_string(), "open-ended");
+        assert_eq!(Through(41).to_string(), "41");
     }
 
     #[tokio::test]

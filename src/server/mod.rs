@@ -72,9 +72,6 @@ pub struct RunningRelay {
     shared: Arc<Shared>,
     trigger: ShutdownTrigger,
     task: JoinHandle<Stopped>,
-    /// The cluster's NATS tasks, when `[cluster]` is set; they stop at
-    /// shutdown.
-    _cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 /// How a stop ended.
@@ -262,7 +259,7 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
              request's Host header, which is wrong if a proxy rewrites it"
         );
     }
-    let relay = run(listener, shared.clone(), shutdown.clone());
+    let relay = run(listener, shared.clone(), shutdown.clone(), cluster);
     let task = tokio::spawn(monitoring::alongside(
         relay,
         metrics_listener,
@@ -275,7 +272,6 @@ pub async fn start(config: Config) -> Result<RunningRelay, StartError> {
         shared,
         trigger,
         task,
-        _cluster: cluster,
     })
 }
 
@@ -301,8 +297,14 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until shutdown, then drains in order: the listener (closed at
-/// once), connections (up to `network.shutdown_timeout_seconds`), writer.
-async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> Stopped {
+/// once), connections (up to `network.shutdown_timeout_seconds`), writer,
+/// the cluster's publisher.
+async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    cluster: Option<crate::cluster::ClusterHandle>,
+) -> Stopped {
     // Every connection and in-flight EVENT holds a clone of `done`; when the
     // last one is dropped, `all_done` yields None.
     let (done, mut all_done) = mpsc::channel::<()>(1);
@@ -335,6 +337,11 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> 
         retention.abort();
     }
     shared.store.shutdown().await;
+    // After the last commit: its events and a last heartbeat reach the
+    // other nodes before the NATS connection closes.
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
     tracing::info!("relay stopped");
     stopped
 }

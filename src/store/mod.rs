@@ -384,6 +384,14 @@ impl Store {
         }
     }
 
+    /// Cluster start: every node's last committed sequence number.
+    pub async fn node_sequences(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(unsupported("cluster sequence numbers", "SQLite")),
+            Backend::Postgres(postgres, _) => postgres.node_sequences().await,
+        }
+    }
+
     /// The size of the database in bytes, for /metrics, when the backend
     /// is not a file `metrics::Monitor` measures itself.
     pub async fn database_bytes(&self) -> Result<Option<u64>, StoreError> {

@@ -54,12 +54,14 @@ impl PgStore {
                 "COUNT does not take NIP-50 search filters".into(),
             ));
         }
-        self.within(self.read_count(&filters, &readers, hll_offset))
+        let client = self.pool().get().await?;
+        self.within(self.read_count(&client, &filters, &readers, hll_offset))
             .await
     }
 
     async fn read_count(
         &self,
+        client: &deadpool_postgres::Client,
         filters: &[Filter],
         readers: &Readers,
         hll_offset: Option<u8>,
@@ -69,7 +71,6 @@ impl PgStore {
         let Some(text) = count_sql(&mut sql, filters, readers, unix_now()) else {
             return Ok(CountResult { count: 0, hll });
         };
-        let client = self.pool().get().await?;
         let statement = client.prepare_cached(&text).await?;
         let rows = client.query_raw(&statement, sql.refs()).await?;
         futures_util::pin_mut!(rows);

@@ -318,6 +318,21 @@ impl PgStore {
             .collect()
     }
 
+    /// Cluster start: every node's last committed sequence number, the
+    /// baseline from which a gap in its numbers shows missed events.
+    pub async fn node_sequences(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.reader().await?;
+        let rows = client
+            .query("SELECT node, last_seq FROM node_sequence", &[])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(1)?;
+                Ok((row.try_get(0)?, u64::try_from(seq).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// The database's size on disk (`pg_database_size`).
     pub async fn database_bytes(&self) -> Result<u64, StoreError> {
         let client = self.reader().await?;

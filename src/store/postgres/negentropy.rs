@@ -30,51 +30,52 @@ impl PgStore {
         readers: Readers,
         cap: usize,
     ) -> Result<NegItems, StoreError> {
-        self.within(self.read_items(&filter, &readers, cap)).await
-    }
-
-    async fn read_items(
-        &self,
-        filter: &Filter,
-        readers: &Readers,
-        cap: usize,
-    ) -> Result<NegItems, StoreError> {
-        let mut sql = Sql::new();
-        let Some(union) = union_of_parts(&mut sql, filter, readers, unix_now(), &Reading::all())
-        else {
-            return Ok(NegItems::Found(Vec::new()));
-        };
-        let text = format!("SELECT u.seq, u.created_at, u.id FROM ({union}) u");
         let mut client = self.pool().get().await?;
-        let tx = client.build_transaction().read_only(true).start().await?;
-        let statement = tx.prepare_cached(&text).await?;
-        let portal = tx.bind_raw(&statement, sql.refs()).await?;
-        let mut seen: HashSet<i64> = HashSet::new();
-        let mut items: Vec<(u64, [u8; 32])> = Vec::new();
-        loop {
-            let rows = tx.query_portal(&portal, CHUNK).await?;
-            let done = rows.len() < usize::try_from(CHUNK).unwrap_or(usize::MAX);
-            for row in rows {
-                // An event with two of a tag condition's values, or in two
-                // parts, comes twice.
-                if !seen.insert(row.try_get(0)?) {
-                    continue;
-                }
-                if seen.len() > cap {
-                    return Ok(NegItems::TooMany);
-                }
-                let created_at: i64 = row.try_get(1)?;
-                let id: &[u8] = row.try_get(2)?;
-                // Every stored id is 32 bytes.
-                if let Ok(id) = <[u8; 32]>::try_from(id) {
-                    items.push((u64::try_from(created_at).unwrap_or(0), id));
-                }
+        self.within(read_items(&mut client, &filter, &readers, cap))
+            .await
+    }
+}
+
+/// The records of one session, read on `client`.
+async fn read_items(
+    client: &mut deadpool_postgres::Client,
+    filter: &Filter,
+    readers: &Readers,
+    cap: usize,
+) -> Result<NegItems, StoreError> {
+    let mut sql = Sql::new();
+    let Some(union) = union_of_parts(&mut sql, filter, readers, unix_now(), &Reading::all()) else {
+        return Ok(NegItems::Found(Vec::new()));
+    };
+    let text = format!("SELECT u.seq, u.created_at, u.id FROM ({union}) u");
+    let tx = client.build_transaction().read_only(true).start().await?;
+    let statement = tx.prepare_cached(&text).await?;
+    let portal = tx.bind_raw(&statement, sql.refs()).await?;
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut items: Vec<(u64, [u8; 32])> = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, CHUNK).await?;
+        let done = rows.len() < usize::try_from(CHUNK).unwrap_or(usize::MAX);
+        for row in rows {
+            // An event with two of a tag condition's values, or in two
+            // parts, comes twice.
+            if !seen.insert(row.try_get(0)?) {
+                continue;
             }
-            if done {
-                break;
+            if seen.len() > cap {
+                return Ok(NegItems::TooMany);
+            }
+            let created_at: i64 = row.try_get(1)?;
+            let id: &[u8] = row.try_get(2)?;
+            // Every stored id is 32 bytes.
+            if let Ok(id) = <[u8; 32]>::try_from(id) {
+                items.push((u64::try_from(created_at).unwrap_or(0), id));
             }
         }
-        tx.commit().await?;
-        Ok(NegItems::Found(items))
+        if done {
+            break;
+        }
     }
+    tx.commit().await?;
+    Ok(NegItems::Found(items))
 }

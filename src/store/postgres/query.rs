@@ -348,29 +348,34 @@ pub(super) fn events_sql(
     ))
 }
 
-/// The filters of a REQ that are answered by index ranges (not search),
-/// each with its limit; search filters apart.
-fn plain_filters<'a>(
-    filters: &'a [Filter],
-    limits: QueryLimits,
-) -> (Vec<(&'a Filter, Reading)>, Vec<(&'a Filter, u64)>) {
-    let mut plain = Vec::new();
-    let mut searched = Vec::new();
+/// A REQ's filters that can match, by how they are answered.
+struct Split<'a> {
+    /// By index ranges, each with its limit.
+    plain: Vec<(&'a Filter, Reading)>,
+    /// By the search index (`postgres/search.rs`), each with its limit.
+    searched: Vec<(&'a Filter, u64)>,
+}
+
+fn split(filters: &[Filter], limits: QueryLimits) -> Split<'_> {
+    let mut split = Split {
+        plain: Vec::new(),
+        searched: Vec::new(),
+    };
     for filter in filters {
         let limit = limits.effective(filter);
         if limit == 0 || filter.is_unsatisfiable() {
             continue;
         }
         if filter.search.is_some() {
-            searched.push((filter, limit));
+            split.searched.push((filter, limit));
         } else {
-            plain.push((
+            split.plain.push((
                 filter,
                 Reading::newest(i64::try_from(limit).unwrap_or(i64::MAX)),
             ));
         }
     }
-    (plain, searched)
+    split
 }
 
 impl PgStore {
@@ -384,19 +389,20 @@ impl PgStore {
         readers: Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
-        self.within(self.read_query(&filters, &readers, limits))
+        let client = self.pool().get().await?;
+        self.within(self.read_query(&client, &filters, &readers, limits))
             .await
     }
 
     async fn read_query(
         &self,
+        client: &deadpool_postgres::Client,
         filters: &[Filter],
         readers: &Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
         let now = unix_now();
-        let (plain, searched) = plain_filters(filters, limits);
-        let client = self.pool().get().await?;
+        let Split { plain, searched } = split(filters, limits);
         let mut events: Vec<String> = Vec::new();
         let mut sent: HashSet<[u8; 32]> = HashSet::new();
         let mut sent_ids: Vec<[u8; 32]> = Vec::new();
@@ -411,7 +417,7 @@ impl PgStore {
         };
         for (filter, limit) in searched {
             match self
-                .search_statement(&client, filter, readers, limit, now)
+                .search_statement(client, filter, readers, limit, now)
                 .await?
             {
                 super::search::Search::Ranked(sql) => {
@@ -446,8 +452,9 @@ impl PgStore {
     }
 
     /// Runs a read within the query time budget: each statement also has
-    /// it as its `statement_timeout`, this bounds the whole read (several
-    /// statements, the wait for a pooled connection).
+    /// it as its `statement_timeout`; this bounds a read of several
+    /// statements (search filters, pages of a portal) as a whole. The wait
+    /// for a pooled connection is not part of it (the pool's own timeout).
     pub(super) async fn within<T>(
         &self,
         read: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -466,7 +473,7 @@ impl PgStore {
         readers: &Readers,
         limits: QueryLimits,
     ) -> Result<Vec<String>, StoreError> {
-        let (plain, _) = plain_filters(filters, limits);
+        let plain = split(filters, limits).plain;
         let mut sql = Sql::new();
         match events_sql(&mut sql, &plain, readers, unix_now(), Order::NewestFirst) {
             Some(text) => self.explain(&text, &sql).await,

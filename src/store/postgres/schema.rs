@@ -29,7 +29,7 @@ const MIGRATIONS: &[&str] = &[
         kind        integer NOT NULL,
         -- '' for replaceable kinds, the first d tag for addressable ones,
         -- NULL for every other kind.
-        d_tag       text,
+        d_tag       bytea,
         -- NIP-40 expiration, when the event has one.
         expires_at  bigint,
         -- The node that committed it, and that node's commit sequence:
@@ -76,7 +76,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE address_deletion (
         pubkey bytea   NOT NULL,
         kind   integer NOT NULL,
-        d_tag  text    NOT NULL,
+        d_tag  bytea   NOT NULL,
         until  bigint  NOT NULL,
         PRIMARY KEY (pubkey, kind, d_tag)
     );

@@ -5,17 +5,22 @@
 //! the indexed ones, a search with no word matches nothing, one with only
 //! extensions is the same filter without `search`.
 //!
-//! Both sides use the `simple` text search configuration: the writer's
-//! `to_tsvector('simple', text)` (postgres/writer.rs) and the query's
+//! Both sides fold their text with [`search_words`] first (diacritics
+//! removed, lower case, anything but letters and digits a space: what
+//! SQLite's `unicode61 remove_diacritics 2` tokenizer does), so that
+//! PostgreSQL's parser sees plain words only (no e-mail, host or URL
+//! tokens), then use the `simple` configuration: the writer's
+//! `to_tsvector('simple', …)` (postgres/writer.rs) and the query's
 //! `websearch_to_tsquery('simple', …)`, fed each term as a quoted phrase so
-//! that nothing a user types is an operator (`or`, `-`, quotes). `simple`
-//! lower-cases and splits but keeps diacritics, where SQLite's tokenizer
-//! removes them: "cafe" does not find "café" here.
+//! that nothing a user types is an operator (`or`, `-`, quotes).
 //!
 //! Ranking, as in SQLite, is among the newest [`WINDOW`] events that match
 //! the text and every other condition (by `seq`, the insertion order):
 //! `ts_rank` with length normalization (the nearest to bm25 PostgreSQL has
 //! built in), best first, then newest.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
 
 use super::PgStore;
 use super::query::{Covered, Sql, residual_conditions};
@@ -35,12 +40,33 @@ pub(super) enum Search {
     Nothing,
 }
 
-/// The user's terms as a `websearch_to_tsquery` input: each a quoted
-/// phrase (a term never holds a quote: `search_terms` splits on them).
+/// Text as the search index holds it, and as queries look for it: letters
+/// and digits only, lower case, without diacritics ("Café, naïve!" is
+/// "cafe  naive "), every other character a space. The writer folds the
+/// indexed text with it, the reader each term: both tokenize alike, as
+/// SQLite's unicode61 tokenizer with remove_diacritics does.
+pub fn search_words(text: &str) -> String {
+    let mut words = String::with_capacity(text.len());
+    for c in text.nfd() {
+        if is_combining_mark(c) {
+            continue;
+        }
+        if c.is_alphanumeric() {
+            words.extend(c.to_lowercase());
+        } else {
+            words.push(' ');
+        }
+    }
+    words
+}
+
+/// The user's terms as a `websearch_to_tsquery` input: each folded by
+/// [`search_words`] (so it holds no quote or operator) and quoted as a
+/// phrase.
 fn websearch_text(terms: &[String]) -> String {
     let quoted: Vec<String> = terms
         .iter()
-        .map(|term| format!("\"{}\"", term.replace('"', " ")))
+        .map(|term| format!("\"{}\"", search_words(term)))
         .collect();
     quoted.join(" ")
 }
@@ -158,7 +184,24 @@ mod tests {
             SearchTerms::Terms(terms) => websearch_text(&terms),
             other => panic!("{other:?}"),
         };
-        assert_eq!(terms("a OR b"), r#""a" "OR" "b""#);
-        assert_eq!(terms(r#"-x "good morning""#), r#""-x" "good morning""#);
+        assert_eq!(terms("a OR b"), r#""a" "or" "b""#);
+        assert_eq!(terms(r#"-x "good morning""#), r#"" x" "good morning""#);
+        assert_eq!(terms("bitcoin.example"), r#""bitcoin example""#);
+    }
+
+    #[test]
+    fn words_are_folded_as_unicode61_folds_them() {
+        assert_eq!(search_words("Café, naïve!"), "cafe  naive ");
+        assert_eq!(search_words("ÜNÏCÖDÉ"), "unicode");
+        assert_eq!(
+            search_words("satoshi@bitcoin.example"),
+            "satoshi bitcoin example"
+        );
+        assert_eq!(search_words("10:30 a_b"), "10 30 a b");
+        assert_eq!(search_words("日本語 テスト"), "日本語 テスト");
+        assert_eq!(
+            search_words("\"quoted\" -x | y & !z <-> (w)"),
+            " quoted   x   y    z      w "
+        );
     }
 }

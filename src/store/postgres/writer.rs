@@ -144,7 +144,7 @@ pub(super) async fn probe(
                 &&event.pubkey[..],
                 &event.created_at,
                 &i32::from(event.kind),
-                &event.address_d(),
+                &event.address_d().map(str::as_bytes),
             ],
         )
         .await?;
@@ -591,7 +591,9 @@ async fn apply_event(
         return Ok(WriteOutcome::Vanished);
     }
     let mut removed = 0;
-    let d_tag = event.address_d();
+    // Bytes, not text: a `d` value may hold a NUL, which PostgreSQL's text
+    // refuses and a client may send.
+    let d_tag = event.address_d().map(str::as_bytes);
     if d_tag.is_some() {
         if found
             .address_deleted_until
@@ -684,7 +686,9 @@ pub(super) fn search_text(kind: u16, content: &str) -> Option<String> {
     } else {
         content.to_owned()
     };
-    (!text.is_empty()).then_some(text)
+    // Folded as queries fold their terms (no diacritics, no NUL, which
+    // PostgreSQL's text refuses): both sides tokenize alike.
+    (!text.is_empty()).then(|| super::search::search_words(&text))
 }
 
 /// NIP-09: removes what a kind-5 event asks to remove (its targets are
@@ -730,14 +734,14 @@ async fn apply_deletion(
             "INSERT INTO address_deletion (pubkey, kind, d_tag, until) VALUES ($1, $2, $3, $4)
              ON CONFLICT (pubkey, kind, d_tag)
              DO UPDATE SET until = greatest(address_deletion.until, excluded.until)",
-            &[&deleter, &kind, &d, &deletion.created_at],
+            &[&deleter, &kind, &d.as_bytes(), &deletion.created_at],
         )
         .await?;
         removed += tx
             .execute(
                 "DELETE FROM event
                  WHERE pubkey = $1 AND kind = $2 AND d_tag = $3 AND created_at <= $4",
-                &[&deleter, &kind, &d, &deletion.created_at],
+                &[&deleter, &kind, &d.as_bytes(), &deletion.created_at],
             )
             .await?;
     }
@@ -918,7 +922,7 @@ mod tests {
         assert_eq!(search_text(1, "hello"), Some("hello".into()));
         assert_eq!(search_text(1, ""), None);
         let profile = r#"{"name":"Alice","website":"secret","about":"rabbit","nip05":5}"#;
-        assert_eq!(search_text(0, profile), Some("Alice\nrabbit".into()));
+        assert_eq!(search_text(0, profile), Some("alice rabbit".into()));
         assert_eq!(search_text(0, "not json"), None);
         assert_eq!(search_text(0, "[1]"), None);
         assert_eq!(search_text(0, r#"{"picture":"x"}"#), None);
