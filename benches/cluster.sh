@@ -79,12 +79,16 @@ stop_all
 echo "== three nodes against one: three load generators (seeds 11, 12, 13) of 30,000 events each"
 config t1 postgres "$(newdb tput1)" "a" ""
 start t1 17121
-for seed in 11 12 13; do ingest ws://127.0.0.1:17121 30000 $seed > "$OUT/one-node-$seed.txt" & done; wait
+LOADS=()
+for seed in 11 12 13; do ingest ws://127.0.0.1:17121 30000 $seed > "$OUT/one-node-$seed.txt" & LOADS+=($!); done
+wait "${LOADS[@]}"
 cat "$OUT"/one-node-*.txt
 URLT=$(newdb tput3)
 for n in a b c; do config "t3-$n" postgres "$URLT" "$n" "nats://127.0.0.1:$NATS_PORT"; done
 start t3-a 17131; start t3-b 17132; start t3-c 17133
-for i in 1 2 3; do ingest ws://127.0.0.1:1713$i 30000 1$i > "$OUT/three-nodes-1$i.txt" & done; wait
+LOADS=()
+for i in 1 2 3; do ingest ws://127.0.0.1:1713$i 30000 1$i > "$OUT/three-nodes-1$i.txt" & LOADS+=($!); done
+wait "${LOADS[@]}"
 cat "$OUT"/three-nodes-*.txt
 stop_all
 for f in "$OUT"/*.txt; do echo "== $(basename "$f")"; cat "$f"; done
