@@ -93,11 +93,14 @@ impl PgStore {
             reader_config.connect_timeout(CONNECT_TIMEOUT);
         }
         // The query budget, enforced by the server on every statement of a
-        // reader: a runaway query is cancelled there (SQLSTATE 57014).
+        // reader: a runaway query is cancelled there (SQLSTATE 57014). No
+        // JIT: a REQ's statement carries the cost estimate of a fallback
+        // branch that seldom runs (postgres/query.rs, feed_sql), and JIT
+        // compiling it took 15 ms for under 1 ms of work.
         add_options(
             &mut reader_config,
             &format!(
-                "-c statement_timeout={}",
+                "-c statement_timeout={} -c jit=off",
                 options.query_timeout.as_millis().max(1)
             ),
         );

@@ -11,6 +11,9 @@
 //! newest first with its own `LIMIT`: every range ends in `created_at DESC,
 //! id` (the indexes carry the id, so ties need no second query), and only
 //! the ranges' first `limit` rows are merged and cut by `ORDER BY … LIMIT`.
+//! A home feed (≥ 16 author × kind pairs) first scans each kind's range for
+//! its authors within a budget, as SQLite does, and seeks pair by pair only
+//! the kinds whose scan gave up ([`feed_sql`]).
 //! A whole REQ is one statement (one snapshot); the JSON of the survivors is
 //! joined last. A `search` filter is one statement of its own
 //! (`postgres/search.rs`), its events sent first, best first.
@@ -114,6 +117,9 @@ fn keys_param(keys: &[[u8; 32]]) -> Vec<Vec<u8>> {
 /// filter part matches (without `search`), through the ranges of its
 /// driving field, read as `reading` says.
 pub(super) fn part_sql(sql: &mut Sql, part: &Filter, now: i64, reading: &Reading) -> String {
+    if let Some(feed) = feed_sql(sql, part, now, reading) {
+        return feed;
+    }
     let mut covered = Covered::default();
     // (the unnest list joined LATERAL, the FROM of the range, its key)
     let (unnest, from, mut conditions, time): (Option<String>, &str, Vec<String>, &str) =
@@ -222,6 +228,80 @@ pub(super) fn part_sql(sql: &mut Sql, part: &Filter, now: i64, reading: &Reading
         ),
         None => range,
     }
+}
+
+/// From this many (author, kind) pairs on, a filter first scans each kind's
+/// range instead of seeking each pair (SQLite's `SCAN_FIRST_PAIRS`).
+const SCAN_FIRST_PAIRS: usize = 16;
+/// Index entries a kind's scan may read per author it replaces a seek for
+/// (SQLite's `SCAN_ROWS_PER_PAIR`): a scan that gives up has cost less than
+/// the seeks it tried to save.
+const SCAN_ROWS_PER_PAIR: usize = 8;
+
+/// A home feed (hundreds of authors × a few kinds) as SQLite answers it
+/// (`store/query.rs` `scan_for_authors`), in one statement: each kind's
+/// range of `event_kind_time` (which carries pubkey, expiry and seq: an
+/// index-only scan) read newest first, keeping the rows of the wanted
+/// authors, stopping at the limit or after `authors × SCAN_ROWS_PER_PAIR`
+/// rows. Follows are usually active, so the limit turns up within a few
+/// hundred entries where one seek per pair would cost hundreds of index
+/// descents. Only the kinds whose scan ran out of budget short of the
+/// limit are then sought pair by pair, as [`part_sql`] does (a pseudo-row
+/// numbered `budget` marks a scan that read its whole budget). `None`: not
+/// such a filter, or not a newest-first read with a limit.
+fn feed_sql(sql: &mut Sql, part: &Filter, now: i64, reading: &Reading) -> Option<String> {
+    let (None, Some(authors), Some(kinds), Some(limit), Order::NewestFirst, None) = (
+        &part.ids,
+        &part.authors,
+        &part.kinds,
+        reading.limit,
+        reading.order,
+        &reading.after,
+    ) else {
+        return None;
+    };
+    // Each kind once: the count of its wanted rows decides the fallback.
+    let mut kinds = kinds.clone();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if authors.len() * kinds.len() < SCAN_FIRST_PAIRS {
+        return None;
+    }
+    let budget = i64::try_from(authors.len() * SCAN_ROWS_PER_PAIR).unwrap_or(i64::MAX);
+    let covered = Covered {
+        authors: true,
+        kinds: true,
+        ..Covered::default()
+    };
+    // On alias `e` in both the scan and the seeks: written once.
+    let conditions =
+        residual_conditions(sql, part, covered, now, "e", "e.created_at").join(" AND ");
+    let authors = sql.param(keys_param(authors));
+    let kinds = sql.param(kinds_param(&kinds));
+    let budget = sql.param(budget);
+    let limit = sql.param(limit);
+    Some(format!(
+        "WITH scan AS MATERIALIZED (\
+             SELECT k.kind, s.seq, s.created_at, s.id, s.pubkey, s.wanted, s.n \
+             FROM unnest({kinds}::int4[]) k(kind) CROSS JOIN LATERAL (\
+                 SELECT w.seq, w.created_at, w.id, w.pubkey, w.wanted, w.n FROM (\
+                     SELECT r.seq, r.created_at, r.id, r.pubkey, \
+                            r.pubkey = ANY({authors}::bytea[]) AS wanted, \
+                            row_number() OVER (ORDER BY r.created_at DESC, r.id) AS n \
+                     FROM (SELECT e.seq, e.created_at, e.id, e.pubkey FROM event e \
+                           WHERE e.kind = k.kind AND {conditions} \
+                           ORDER BY e.created_at DESC, e.id LIMIT {budget}) r) w \
+                 WHERE w.wanted OR w.n = {budget} LIMIT {limit}) s) \
+         SELECT s.seq, s.created_at, s.id, s.pubkey FROM scan s WHERE s.wanted \
+         UNION ALL \
+         SELECT r.seq, r.created_at, r.id, r.pubkey \
+         FROM (SELECT x.kind FROM scan x GROUP BY x.kind \
+               HAVING bool_or(x.n = {budget}) AND count(*) FILTER (WHERE x.wanted) < {limit}) k \
+         CROSS JOIN unnest({authors}::bytea[]) a(pubkey) \
+         CROSS JOIN LATERAL (SELECT e.seq, e.created_at, e.id, e.pubkey FROM event e \
+             WHERE e.pubkey = a.pubkey AND e.kind = k.kind AND {conditions} \
+             ORDER BY e.created_at DESC, e.id LIMIT {limit}) r"
+    ))
 }
 
 /// The conditions a range adds to its key: the filter's fields the key
@@ -459,7 +539,12 @@ impl PgStore {
         &self,
         read: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.query_timeout(), read)
+        // The server holds each statement to the budget itself
+        // (statement_timeout); this backstop bounds a read of several
+        // statements, with room for the round trips of a busy machine, so
+        // that a cheap query is never cut by its network time alone.
+        let backstop = self.query_timeout() * 2 + std::time::Duration::from_millis(250);
+        tokio::time::timeout(backstop, read)
             .await
             .unwrap_or(Err(StoreError::Timeout))
     }

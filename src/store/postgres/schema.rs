@@ -43,9 +43,15 @@ const MIGRATIONS: &[&str] = &[
         search      tsvector
     );
     CREATE UNIQUE INDEX event_id ON event (id);
-    CREATE INDEX event_pubkey_kind_time ON event (pubkey, kind, created_at DESC, id);
+    -- The ranges a REQ reads (postgres/query.rs) end in created_at DESC, id
+    -- (NIP-01 order, ties by id). The two a home feed reads carry what the
+    -- read tests and returns (expiry, seq; pubkey for the kind scan), so
+    -- that they are index-only scans where the visibility map allows.
+    CREATE INDEX event_pubkey_kind_time ON event (pubkey, kind, created_at DESC, id)
+        INCLUDE (expires_at, seq);
     CREATE INDEX event_pubkey_time ON event (pubkey, created_at DESC, id);
-    CREATE INDEX event_kind_time ON event (kind, created_at DESC, id);
+    CREATE INDEX event_kind_time ON event (kind, created_at DESC, id)
+        INCLUDE (pubkey, expires_at, seq);
     CREATE INDEX event_time ON event (created_at DESC, id);
     -- At most one version per address, enforced by the database itself.
     CREATE UNIQUE INDEX event_address ON event (pubkey, kind, d_tag) WHERE d_tag IS NOT NULL;
