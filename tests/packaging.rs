@@ -973,7 +973,19 @@ fn the_cluster_compose_file_runs_three_nodes_on_postgres_and_nats_behind_nginx()
     }
     assert!(nginx.contains("proxy_set_header Upgrade $http_upgrade;"));
     assert!(nginx.contains("proxy_set_header X-Forwarded-For"));
-    assert!(!nginx.contains("ip_hash") && !nginx.contains("sticky"));
+    // No sticky sessions: any node serves any client.
+    let directives: Vec<&str> = nginx
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    assert!(
+        directives.iter().all(|line| !line.starts_with("ip_hash")
+            && !line.starts_with("sticky")
+            && !line.starts_with("hash ")),
+        "{directives:?}"
+    );
+    assert!(directives.contains(&"least_conn;"));
 }
 
 // ---- systemd ---------------------------------------------------------------

@@ -114,19 +114,14 @@ impl SqliteStore {
         readers: Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
-        let started = Instant::now();
-        let shape = crate::metrics::QueryShape::of_req(&filters);
-        let deadline = started + self.query_timeout;
-        let result = self
-            .readers
+        let deadline = Instant::now() + self.query_timeout;
+        self.readers
             .run(move |conn| {
                 query::run(conn, &filters, &readers, limits, unix_now(), deadline)
                     .map_err(StoreError::from)
             })
             .await
-            .map_err(|_| StoreError::Closed)?;
-        crate::metrics::global().query_finished(shape, started.elapsed());
-        result
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// Events stored per kind class (`stats::CLASSES` order), from the
