@@ -796,11 +796,12 @@ impl Config {
         if postgres && self.storage.postgres_pool_size == 0 {
             return fail("storage.postgres_pool_size", "must be at least 1");
         }
-        if postgres && (!self.retention.rules.is_empty() || self.retention.max_database_mb > 0) {
+        if postgres && self.retention.max_database_mb > 0 {
             return fail(
-                "retention",
-                "retention rules and the size cap work on the SQLite backend only, for now; \
-                 with PostgreSQL keep [retention] empty (NIP-40 expiry and deletions still apply)",
+                "retention.max_database_mb",
+                "the size cap works on the SQLite backend only: PostgreSQL does not give the \
+                 space of deleted rows back, so a cap on its size would evict everything; \
+                 set it to 0 (retention rules work on both backends)",
             );
         }
         if self.cluster.enabled() && !postgres {
@@ -917,6 +918,24 @@ mod tests {
         assert!(error.starts_with("storage.postgres_url:"), "{error}");
         config.storage.postgres_url = "postgres://localhost/nostr".into();
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn postgres_takes_retention_rules_but_not_the_size_cap() {
+        let mut config = Config::default();
+        config.storage.backend = Backend::Postgres;
+        config.storage.postgres_url = "postgres://localhost/nostr".into();
+        config.retention.rules = vec![RetentionRule {
+            kinds: vec![KindSelector::Kind(7)],
+            max_age: "90d".into(),
+            max_per_author: 0,
+        }];
+        config.validate().unwrap();
+        config.retention.max_database_mb = 100;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("retention.max_database_mb:"), "{error}");
+        assert!(error.contains("size cap"), "{error}");
+        assert!(!error.contains("rules work on the SQLite"), "{error}");
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! A pass applies every rule in order, then the size cap, as a series of
 //! bounded writer jobs ([`Store::prune`]): each batch is one short
 //! transaction, and the relay's own writes go on between them. What a
-//! pass will delete is planned on a read connection of its own (the kinds
-//! stored, the authors over a limit), never on the writer. The background
+//! pass will delete is planned by a [`Planner`] (the kinds stored, the
+//! authors over a limit): a read connection of its own on SQLite, the
+//! store's pool on PostgreSQL, never the writer. The size cap is SQLite's
+//! alone: PostgreSQL does not give the space of deleted rows back. The background
 //! task runs a pass every `interval_seconds`; `nostr-relayd prune` runs
 //! one, or with `--dry-run` counts what one would delete without deleting.
 //!
@@ -25,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::config::{self, Config, KindSelector};
+use crate::config::{self, Backend, Config, KindSelector};
 use crate::nostr::kind;
 use crate::nostr::nip19::parse_pubkey;
 use crate::shutdown::Shutdown;
 use crate::store::maintenance::human_bytes;
+use crate::store::postgres::PgStore;
 use crate::store::retention::{self as sql, Doomed, PruneJob, Span};
 use crate::store::{self, Store, StoreError, StoreOptions, unix_now};
 
@@ -369,27 +372,158 @@ fn utc_date(seconds: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// A read connection of retention's own, for planning: the queries that
-/// scan (kinds stored, authors over a limit) run here, on a blocking
-/// thread, never on the writer or the relay's readers.
+/// Where a pass is planned: the queries that scan (kinds stored, authors
+/// over a limit) and a dry run's figures run here, never on the writer.
 #[derive(Clone)]
-struct Planner(Arc<Mutex<Connection>>);
+enum Planner {
+    /// A read connection of retention's own on the SQLite file, used on a
+    /// blocking thread, never the relay's readers.
+    Sqlite(Arc<Mutex<Connection>>),
+    /// The PostgreSQL store, whose pool answers (without the readers'
+    /// statement timeout: `store/postgres/retention.rs`).
+    Postgres(Arc<Store>),
+}
 
 impl Planner {
-    async fn run<T: Send + 'static>(
+    fn sqlite(conn: Connection) -> Planner {
+        Planner::Sqlite(Arc::new(Mutex::new(conn)))
+    }
+
+    /// Runs `work` on the SQLite connection; None with PostgreSQL.
+    async fn on_sqlite<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves a connection that is
-            // still usable: SQLite state is not shared with the panic.
-            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&conn).map_err(StoreError::from)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+    ) -> Option<Result<T, StoreError>> {
+        let Planner::Sqlite(conn) = self else {
+            return None;
+        };
+        let conn = conn.clone();
+        Some(
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock leaves a connection that is
+                // still usable: SQLite state is not shared with the panic.
+                let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                work(&conn).map_err(StoreError::from)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+            .and_then(|outcome| outcome),
+        )
     }
+
+    fn postgres(&self) -> Result<&PgStore, StoreError> {
+        match self {
+            Planner::Postgres(store) => store.postgres().ok_or(StoreError::Closed),
+            Planner::Sqlite(_) => Err(StoreError::Closed),
+        }
+    }
+
+    async fn stored_kinds(&self) -> Result<Vec<u16>, StoreError> {
+        match self.on_sqlite(sql::stored_kinds).await {
+            Some(kinds) => kinds,
+            None => self.postgres()?.stored_kinds().await,
+        }
+    }
+
+    /// What the age rule would take of `kind`, and its JSON bytes (the
+    /// size cap's measure: SQLite only, 0 on PostgreSQL).
+    async fn older_than(
+        &self,
+        kind: u16,
+        before: i64,
+        exempt: &[[u8; 32]],
+    ) -> Result<(Span, u64), StoreError> {
+        let owned = exempt.to_vec();
+        match self
+            .on_sqlite(move |conn| sql::older_than(conn, kind, before, &owned))
+            .await
+        {
+            Some(figures) => figures,
+            None => Ok((self.postgres()?.older_than(kind, before, exempt).await?, 0)),
+        }
+    }
+
+    async fn authors_beyond(
+        &self,
+        kinds: &[u16],
+        keep: u64,
+        since: i64,
+        exempt: &[[u8; 32]],
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        let (owned_kinds, owned_exempt) = (kinds.to_vec(), exempt.to_vec());
+        match self
+            .on_sqlite(move |conn| {
+                sql::authors_beyond(conn, &owned_kinds, keep, since, &owned_exempt)
+            })
+            .await
+        {
+            Some(authors) => authors,
+            None => {
+                self.postgres()?
+                    .authors_beyond(kinds, keep, since, exempt)
+                    .await
+            }
+        }
+    }
+
+    /// What a per-author rule would take of `author`, and its JSON bytes
+    /// (as in [`Planner::older_than`]).
+    async fn beyond_newest_of(
+        &self,
+        author: [u8; 32],
+        kinds: &[u16],
+        keep: u64,
+        since: i64,
+    ) -> Result<(Span, u64), StoreError> {
+        let owned = kinds.to_vec();
+        match self
+            .on_sqlite(move |conn| sql::beyond_newest_of(conn, &author, &owned, keep, since))
+            .await
+        {
+            Some(figures) => figures,
+            None => Ok((
+                self.postgres()?
+                    .beyond_newest_of(&author, kinds, keep, since)
+                    .await?,
+                0,
+            )),
+        }
+    }
+
+    /// Bytes in use, as the size cap measures them (SQLite only).
+    async fn used_bytes(&self) -> Result<u64, StoreError> {
+        self.on_sqlite(sql::used_bytes)
+            .await
+            .unwrap_or_else(|| Err(size_cap_unsupported()))
+    }
+
+    /// The size cap's part of a dry run (SQLite only).
+    async fn estimate_eviction(
+        &self,
+        policy: &Policy,
+        now: i64,
+        ruled_json: u64,
+    ) -> Result<CapReport, StoreError> {
+        let policy = policy.clone();
+        self.on_sqlite(move |conn| estimate_eviction(conn, &policy, now, ruled_json))
+            .await
+            .unwrap_or_else(|| Err(size_cap_unsupported()))
+    }
+
+    /// Runs `sql` on the SQLite connection (a dry run's BEGIN and COMMIT:
+    /// every figure from one snapshot); nothing on PostgreSQL.
+    async fn execute(&self, sql: &'static str) -> Result<(), StoreError> {
+        self.on_sqlite(move |conn| conn.execute_batch(sql))
+            .await
+            .unwrap_or(Ok(()))
+    }
+}
+
+/// The size cap on PostgreSQL, which `Config::validate` refuses already.
+fn size_cap_unsupported() -> StoreError {
+    StoreError::Other(
+        "retention.max_database_mb is not available with the PostgreSQL backend".into(),
+    )
 }
 
 /// One pass: every rule in order, then the size cap, in batches on the
@@ -402,7 +536,7 @@ async fn apply(
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Report, StoreError> {
     let started = Instant::now();
-    let stored = planner.run(sql::stored_kinds).await?;
+    let stored = planner.stored_kinds().await?;
     let governed = policy.governed(&stored);
     let mut rules = Vec::with_capacity(policy.rules.len());
     let batch = |doomed: Doomed| PruneJob {
@@ -433,12 +567,9 @@ async fn apply(
             }
         }
         if let (Some(keep), false) = (rule.max_per_author, kinds.is_empty()) {
-            let authors = {
-                let (kinds, exempt) = (kinds.clone(), policy.exempt.clone());
-                planner
-                    .run(move |conn| sql::authors_beyond(conn, &kinds, keep, i64::MIN, &exempt))
-                    .await?
-            };
+            let authors = planner
+                .authors_beyond(&kinds, keep, i64::MIN, &policy.exempt)
+                .await?;
             for chunk in authors.chunks(AUTHORS_PER_JOB) {
                 loop {
                     if stop() {
@@ -460,7 +591,7 @@ async fn apply(
         rules.push((rule.clone(), span));
     }
     let size_cap = if policy.size_cap > 0 {
-        let used_before = planner.run(sql::used_bytes).await?;
+        let used_before = planner.used_bytes().await?;
         let mut report = CapReport {
             cap: policy.size_cap,
             used_before,
@@ -506,14 +637,14 @@ async fn paced(store: &Store, job: PruneJob) -> Result<sql::Pruned, StoreError> 
     Ok(pruned)
 }
 
-/// What a pass would delete, counted on a read connection without
-/// deleting anything. Exact for the rules (on a database nobody writes to
+/// What a pass would delete, counted by the planner without deleting
+/// anything. Exact for the rules (on a database nobody writes to
 /// meanwhile); the size cap's part is an estimate from the average size of
 /// an event, since the pages an event frees are only known once it is
 /// deleted.
-pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result<Report> {
+async fn dry_run(planner: &Planner, policy: &Policy, now: i64) -> Result<Report, StoreError> {
     let started = Instant::now();
-    let stored = sql::stored_kinds(conn)?;
+    let stored = planner.stored_kinds().await?;
     let governed = policy.governed(&stored);
     let mut rules = Vec::with_capacity(policy.rules.len());
     // JSON bytes of what the rules take: the size cap's starting point.
@@ -526,7 +657,7 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
             Some(age) => {
                 let before = now.saturating_sub(age as i64);
                 for &kind in &kinds {
-                    let (aged, json) = sql::older_than(conn, kind, before, &policy.exempt)?;
+                    let (aged, json) = planner.older_than(kind, before, &policy.exempt).await?;
                     span.merge(aged);
                     ruled_json += json;
                 }
@@ -535,8 +666,13 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
             None => i64::MIN,
         };
         if let (Some(keep), false) = (rule.max_per_author, kinds.is_empty()) {
-            for author in sql::authors_beyond(conn, &kinds, keep, since, &policy.exempt)? {
-                let (surplus, json) = sql::beyond_newest_of(conn, &author, &kinds, keep, since)?;
+            for author in planner
+                .authors_beyond(&kinds, keep, since, &policy.exempt)
+                .await?
+            {
+                let (surplus, json) = planner
+                    .beyond_newest_of(author, &kinds, keep, since)
+                    .await?;
                 span.merge(surplus);
                 ruled_json += json;
             }
@@ -544,7 +680,7 @@ pub fn dry_run(conn: &Connection, policy: &Policy, now: i64) -> rusqlite::Result
         rules.push((rule.clone(), span));
     }
     let size_cap = if policy.size_cap > 0 {
-        Some(estimate_eviction(conn, policy, now, ruled_json)?)
+        Some(planner.estimate_eviction(policy, now, ruled_json).await?)
     } else {
         None
     };
@@ -615,17 +751,21 @@ pub fn spawn(
     let database = config.database.clone();
     let durability = config.storage.durability;
     Some(tokio::spawn(async move {
-        let opened = tokio::task::spawn_blocking(move || {
-            store::open_connection(&database, durability, true)
-        })
-        .await;
-        let planner = match opened {
-            Ok(Ok(conn)) => Planner(Arc::new(Mutex::new(conn))),
-            Ok(Err(error)) => {
-                tracing::error!(%error, "retention disabled: cannot open a read connection");
-                return;
+        let planner = if store.postgres().is_some() {
+            Planner::Postgres(store.clone())
+        } else {
+            let opened = tokio::task::spawn_blocking(move || {
+                store::open_connection(&database, durability, true)
+            })
+            .await;
+            match opened {
+                Ok(Ok(conn)) => Planner::sqlite(conn),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "retention disabled: cannot open a read connection");
+                    return;
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
         };
         let period = policy.interval;
         // The first pass soon after start (a relay restarted more often
@@ -679,6 +819,13 @@ pub fn prune_command(config: &Config, dry_run: bool) -> Result<String, String> {
                 .into(),
         );
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    if config.storage.backend == Backend::Postgres {
+        return runtime.block_on(prune_postgres(config, &policy, dry_run));
+    }
     let database = &config.database;
     let cannot_open = |e: StoreError| format!("cannot open database {}: {e}", database.display());
     if !database.is_file() {
@@ -686,9 +833,11 @@ pub fn prune_command(config: &Config, dry_run: bool) -> Result<String, String> {
     }
     let read =
         store::open_connection(database, config.storage.durability, true).map_err(cannot_open)?;
+    let planner = Planner::sqlite(read);
     if dry_run {
-        let report = dry_run_report(&read, &policy)?;
-        return Ok(report.to_string());
+        return runtime
+            .block_on(dry_run_report(&planner, &policy))
+            .map(|report| report.to_string());
     }
     let options = StoreOptions {
         durability: config.storage.durability,
@@ -698,11 +847,6 @@ pub fn prune_command(config: &Config, dry_run: bool) -> Result<String, String> {
         query_timeout: Duration::from_millis(config.storage.query_timeout_ms),
     };
     let store = Store::open(database, &options, Box::new(|_| {})).map_err(cannot_open)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let planner = Planner(Arc::new(Mutex::new(read)));
     let outcome = runtime.block_on(apply(&store, &planner, &policy, unix_now(), &|| false));
     store.close();
     outcome
@@ -710,12 +854,31 @@ pub fn prune_command(config: &Config, dry_run: bool) -> Result<String, String> {
         .map_err(|e| format!("prune failed: {e}"))
 }
 
-fn dry_run_report(conn: &Connection, policy: &Policy) -> Result<Report, String> {
-    // One read transaction: every figure from the same snapshot.
-    conn.execute_batch("BEGIN")
-        .map_err(|e| format!("dry run failed: {e}"))?;
-    let report = dry_run(conn, policy, unix_now()).map_err(|e| format!("dry run failed: {e}"));
-    let _ = conn.execute_batch("COMMIT");
+/// [`prune_command`] on PostgreSQL: the store's pool plans, a batch at a
+/// time deletes, beside the running nodes.
+async fn prune_postgres(config: &Config, policy: &Policy, dry_run: bool) -> Result<String, String> {
+    let store = Store::open_postgres(&store::postgres_options(config), Box::new(|_| {}))
+        .await
+        .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+    let store = Arc::new(store);
+    let planner = Planner::Postgres(store.clone());
+    let outcome = if dry_run {
+        dry_run_report(&planner, policy).await
+    } else {
+        apply(&store, &planner, policy, unix_now(), &|| false)
+            .await
+            .map_err(|e| format!("prune failed: {e}"))
+    };
+    store.shutdown().await;
+    outcome.map(|report| report.to_string())
+}
+
+async fn dry_run_report(planner: &Planner, policy: &Policy) -> Result<Report, String> {
+    let failed = |e: StoreError| format!("dry run failed: {e}");
+    // SQLite: one read transaction, every figure from the same snapshot.
+    planner.execute("BEGIN").await.map_err(failed)?;
+    let report = dry_run(planner, policy, unix_now()).await.map_err(failed);
+    let _ = planner.execute("COMMIT").await;
     report
 }
 

@@ -187,11 +187,19 @@ impl Store {
     }
 
     /// The SQLite backend, for the tools that work on the file itself
-    /// (backup, vacuum, retention planning, sync's bookkeeping).
+    /// (backup, vacuum, sync's bookkeeping).
     pub fn sqlite(&self) -> Option<&SqliteStore> {
         match &self.backend {
             Backend::Sqlite(sqlite) => Some(sqlite),
             Backend::Postgres(..) => None,
+        }
+    }
+
+    /// The PostgreSQL backend, for retention's planning queries.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Postgres(postgres, _) => Some(postgres),
+            Backend::Sqlite(_) => None,
         }
     }
 
@@ -318,11 +326,10 @@ impl Store {
 
     /// Deletes one bounded batch for retention (`retention.rs`) in its own
     /// short transaction, so that the relay's writes go on between batches.
-    /// SQLite only: retention plans its batches on the file.
     pub async fn prune(&self, job: retention::PruneJob) -> Result<retention::Pruned, StoreError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.prune(job).await,
-            Backend::Postgres(..) => Err(unsupported("retention", "PostgreSQL")),
+            Backend::Postgres(postgres, _) => postgres.prune(job).await,
         }
     }
 

@@ -16,6 +16,7 @@ mod export;
 mod lists;
 mod negentropy;
 mod query;
+mod retention;
 mod schema;
 mod search;
 mod writer;
