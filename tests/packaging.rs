@@ -854,6 +854,15 @@ fn yaml_outline(text: &str) -> Vec<(String, String)> {
     outline
 }
 
+/// The values an outline holds at `path`, in document order.
+fn values_at<'a>(outline: &'a [(String, String)], path: &str) -> Vec<&'a str> {
+    outline
+        .iter()
+        .filter(|(p, _)| p == path)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 fn unquote(value: &str) -> String {
     value.trim().trim_matches('"').to_owned()
 }
@@ -861,13 +870,7 @@ fn unquote(value: &str) -> String {
 #[test]
 fn docker_compose_runs_the_image_with_a_volume_and_a_healthcheck() {
     let outline = yaml_outline(&repo_file("docker-compose.yml"));
-    let get = |path: &str| -> Vec<&str> {
-        outline
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    };
+    let get = |path: &str| values_at(&outline, path);
     let image = image();
     assert_eq!(get("services.relay.build.context"), ["."]);
     assert_eq!(get("services.relay.restart"), ["unless-stopped"]);
@@ -912,13 +915,7 @@ fn docker_compose_runs_the_image_with_a_volume_and_a_healthcheck() {
 #[test]
 fn the_cluster_compose_file_runs_three_nodes_on_postgres_and_nats_behind_nginx() {
     let outline = yaml_outline(&repo_file("docker-compose.cluster.yml"));
-    let get = |path: &str| -> Vec<&str> {
-        outline
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    };
+    let get = |path: &str| values_at(&outline, path);
     let image = image();
     // Every node merges the one relay definition and is named by its host name.
     for node in ["relay-a", "relay-b", "relay-c"] {
