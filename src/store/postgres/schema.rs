@@ -182,6 +182,68 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO lists_version (id, version) VALUES (1, 0);
     "#,
+    // 2: the stored JSON's bytes per kind class (retention.max_database_mb
+    // measures them: the files keep a deleted row's space), and
+    // `nostr-relayd sync`'s checkpoints and refusals, as SQLite's
+    // migration 4 has them.
+    r#"
+    ALTER TABLE event_class_count ADD COLUMN bytes bigint NOT NULL DEFAULT 0;
+    CREATE OR REPLACE FUNCTION event_class_count_update() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO event_class_count (writer, class, n, bytes)
+                VALUES (current_setting('application_name'), event_class_of(NEW.kind), 1,
+                        octet_length(NEW.json))
+                ON CONFLICT (writer, class) DO UPDATE
+                    SET n = event_class_count.n + 1,
+                        bytes = event_class_count.bytes + excluded.bytes;
+            ELSE
+                INSERT INTO event_class_count (writer, class, n, bytes)
+                VALUES (current_setting('application_name'), event_class_of(OLD.kind), -1,
+                        -octet_length(OLD.json))
+                ON CONFLICT (writer, class) DO UPDATE
+                    SET n = event_class_count.n - 1,
+                        bytes = event_class_count.bytes + excluded.bytes;
+            END IF;
+            RETURN NULL;
+        END
+    $$;
+    -- The events stored before this migration, under a writer of their own.
+    INSERT INTO event_class_count (writer, class, n, bytes)
+        SELECT 'migration 2', event_class_of(kind), 0, sum(octet_length(json))
+        FROM event GROUP BY event_class_of(kind);
+
+    CREATE TABLE sync_checkpoint (
+        remote         text   NOT NULL,  -- normalized URL
+        filter         text   NOT NULL,  -- canonical filter JSON
+        direction      text   NOT NULL,  -- 'down' or 'up'
+        method         text   NOT NULL,  -- 'negentropy' or 'req', of the last run
+        -- down: every remote event with created_at at or below it was
+        -- reconciled.
+        synced_through bigint,
+        -- up: every local event with seq at or below it was offered.
+        local_seq      bigint,
+        -- A REQ walk in progress: its top and how far down it got.
+        walk_top       bigint,
+        walk_cursor    bigint,
+        updated_at     bigint NOT NULL,
+        PRIMARY KEY (remote, filter, direction)
+    );
+    CREATE TABLE sync_refused (
+        remote     text   NOT NULL,
+        id         bytea  NOT NULL,
+        -- 'down': this relay refused it from the remote; 'up': the remote
+        -- refused it.
+        direction  text   NOT NULL,
+        created_at bigint NOT NULL,
+        pubkey     bytea,
+        kind       integer,
+        reason     text   NOT NULL,
+        refused_at bigint NOT NULL,
+        PRIMARY KEY (remote, id)
+    );
+    "#,
 ];
 
 /// Brings the database up to the newest schema, under an advisory lock
@@ -246,8 +308,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn migration_two_keeps_json_bytes_and_the_sync_tables() {
+        assert!(MIGRATIONS[1].contains("ADD COLUMN bytes"));
+        for table in ["sync_checkpoint", "sync_refused"] {
+            assert!(
+                MIGRATIONS[1].contains(&format!("CREATE TABLE {table} (")),
+                "{table}"
+            );
+        }
+    }
+
+    #[test]
     fn migration_one_creates_the_planned_tables() {
-        assert_eq!(latest_version(), 1);
+        assert_eq!(latest_version(), 2);
         for table in [
             "event",
             "tag",
