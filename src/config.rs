@@ -796,12 +796,11 @@ impl Config {
         if postgres && self.storage.postgres_pool_size == 0 {
             return fail("storage.postgres_pool_size", "must be at least 1");
         }
-        if postgres && self.retention.max_database_mb > 0 {
+        if postgres && self.storage.max_database_bytes > 0 {
             return fail(
-                "retention.max_database_mb",
-                "the size cap works on the SQLite backend only: PostgreSQL does not give the \
-                 space of deleted rows back, so a cap on its size would evict everything; \
-                 set it to 0 (retention rules work on both backends)",
+                "storage.max_database_bytes",
+                "caps the SQLite file only; with PostgreSQL, use retention.max_database_mb \
+                 (evicts the oldest events) and the database server's own disk monitoring",
             );
         }
         if self.cluster.enabled() && !postgres {
@@ -921,7 +920,7 @@ mod tests {
     }
 
     #[test]
-    fn postgres_takes_retention_rules_but_not_the_size_cap() {
+    fn postgres_takes_retention_rules_and_the_size_cap_but_not_the_file_cap() {
         let mut config = Config::default();
         config.storage.backend = Backend::Postgres;
         config.storage.postgres_url = "postgres://localhost/nostr".into();
@@ -930,12 +929,12 @@ mod tests {
             max_age: "90d".into(),
             max_per_author: 0,
         }];
-        config.validate().unwrap();
         config.retention.max_database_mb = 100;
+        config.validate().unwrap();
+        config.storage.max_database_bytes = 1 << 30;
         let error = config.validate().unwrap_err().to_string();
-        assert!(error.starts_with("retention.max_database_mb:"), "{error}");
-        assert!(error.contains("size cap"), "{error}");
-        assert!(!error.contains("rules work on the SQLite"), "{error}");
+        assert!(error.starts_with("storage.max_database_bytes:"), "{error}");
+        assert!(error.contains("retention.max_database_mb"), "{error}");
     }
 
     #[test]

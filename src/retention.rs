@@ -12,8 +12,9 @@
 //! transaction, and the relay's own writes go on between them. What a
 //! pass will delete is planned by a [`Planner`] (the kinds stored, the
 //! authors over a limit): a read connection of its own on SQLite, the
-//! store's pool on PostgreSQL, never the writer. The size cap is SQLite's
-//! alone: PostgreSQL does not give the space of deleted rows back. The background
+//! store's pool on PostgreSQL, never the writer. The size cap measures
+//! SQLite's pages in use, and PostgreSQL's stored JSON (its files keep a
+//! deleted row's space, so their size would never come down). The background
 //! task runs a pass every `interval_seconds`; `nostr-relayd prune` runs
 //! one, or with `--dry-run` counts what one would delete without deleting.
 //!
@@ -425,8 +426,8 @@ impl Planner {
         }
     }
 
-    /// What the age rule would take of `kind`, and its JSON bytes (the
-    /// size cap's measure: SQLite only, 0 on PostgreSQL).
+    /// What the age rule would take of `kind`, and its JSON bytes (what a
+    /// dry run of the size cap counts as already gone).
     async fn older_than(
         &self,
         kind: u16,
@@ -439,7 +440,7 @@ impl Planner {
             .await
         {
             Some(figures) => figures,
-            None => Ok((self.postgres()?.older_than(kind, before, exempt).await?, 0)),
+            None => self.postgres()?.older_than(kind, before, exempt).await,
         }
     }
 
@@ -481,33 +482,52 @@ impl Planner {
             .await
         {
             Some(figures) => figures,
-            None => Ok((
+            None => {
                 self.postgres()?
                     .beyond_newest_of(&author, kinds, keep, since)
-                    .await?,
-                0,
-            )),
+                    .await
+            }
         }
     }
 
-    /// Bytes in use, as the size cap measures them (SQLite only).
+    /// Bytes in use, as the size cap measures them: SQLite's pages in use,
+    /// PostgreSQL's stored JSON.
     async fn used_bytes(&self) -> Result<u64, StoreError> {
-        self.on_sqlite(sql::used_bytes)
-            .await
-            .unwrap_or_else(|| Err(size_cap_unsupported()))
+        match self.on_sqlite(sql::used_bytes).await {
+            Some(used) => used,
+            None => self.postgres()?.used_bytes().await,
+        }
     }
 
-    /// The size cap's part of a dry run (SQLite only).
+    /// The size cap's part of a dry run.
     async fn estimate_eviction(
         &self,
         policy: &Policy,
         now: i64,
         ruled_json: u64,
     ) -> Result<CapReport, StoreError> {
-        let policy = policy.clone();
-        self.on_sqlite(move |conn| estimate_eviction(conn, &policy, now, ruled_json))
+        let owned = policy.clone();
+        if let Some(report) = self
+            .on_sqlite(move |conn| estimate_eviction(conn, &owned, now, ruled_json))
             .await
-            .unwrap_or_else(|| Err(size_cap_unsupported()))
+        {
+            return report;
+        }
+        // The measure is the JSON itself: one byte of JSON is one byte used.
+        let postgres = self.postgres()?;
+        let estimate = Estimate::new(policy, postgres.used_bytes().await?, 1.0, ruled_json);
+        let (evicted, json_taken) = if estimate.json_wanted > 0 {
+            postgres
+                .oldest_evictable(
+                    estimate.json_wanted,
+                    &policy.exempt,
+                    aged_by_rules(policy, now),
+                )
+                .await?
+        } else {
+            (Span::default(), 0)
+        };
+        Ok(estimate.report(policy, evicted, json_taken))
     }
 
     /// Runs `sql` on the SQLite connection (a dry run's BEGIN and COMMIT:
@@ -517,13 +537,6 @@ impl Planner {
             .await
             .unwrap_or(Ok(()))
     }
-}
-
-/// The size cap on PostgreSQL, which `Config::validate` refuses already.
-fn size_cap_unsupported() -> StoreError {
-    StoreError::Other(
-        "retention.max_database_mb is not available with the PostgreSQL backend".into(),
-    )
 }
 
 /// One pass: every rule in order, then the size cap, in batches on the
@@ -692,10 +705,10 @@ async fn dry_run(planner: &Planner, policy: &Policy, now: i64) -> Result<Report,
     })
 }
 
-/// The size cap's part of a dry run. Each event is taken to hold its
-/// JSON's share of the pages in use (indexes, tags and search entries grow
-/// with the text too), so that a follow list of 300 keys weighs what it
-/// does, not an average.
+/// The size cap's part of a dry run on SQLite. Each event is taken to hold
+/// its JSON's share of the pages in use (indexes, tags and search entries
+/// grow with the text too), so that a follow list of 300 keys weighs what
+/// it does, not an average.
 fn estimate_eviction(
     conn: &Connection,
     policy: &Policy,
@@ -704,31 +717,65 @@ fn estimate_eviction(
 ) -> rusqlite::Result<CapReport> {
     let used = sql::used_bytes(conn)?;
     let page_bytes_per_json_byte = used as f64 / sql::json_bytes(conn)?.max(1) as f64;
-    let pages_of = |json: u64| (json as f64 * page_bytes_per_json_byte) as u64;
-    let used_before = used.saturating_sub(pages_of(ruled_json));
-    let excess = used_before.saturating_sub(policy.size_cap);
-    let json_wanted = (excess as f64 / page_bytes_per_json_byte).ceil() as u64;
-    // Events an age rule takes are not counted twice (per-author rules
-    // are not simulated here: this is an estimate).
-    let aged = |kind: u16, created_at: i64| {
+    let estimate = Estimate::new(policy, used, page_bytes_per_json_byte, ruled_json);
+    let (evicted, json_taken) = if estimate.json_wanted > 0 {
+        sql::oldest_evictable(
+            conn,
+            estimate.json_wanted,
+            &policy.exempt,
+            aged_by_rules(policy, now),
+        )?
+    } else {
+        (Span::default(), 0)
+    };
+    Ok(estimate.report(policy, evicted, json_taken))
+}
+
+/// A dry run's arithmetic of the size cap, on either backend: how much
+/// JSON must go for the bytes used to come under the cap.
+struct Estimate {
+    /// Bytes used once the rules have taken their share.
+    used_before: u64,
+    /// Bytes used per byte of JSON (1 where the measure is the JSON).
+    bytes_per_json_byte: f64,
+    /// JSON bytes the oldest evictable events must add up to.
+    json_wanted: u64,
+}
+
+impl Estimate {
+    fn new(policy: &Policy, used: u64, bytes_per_json_byte: f64, ruled_json: u64) -> Estimate {
+        let used_before = used.saturating_sub((ruled_json as f64 * bytes_per_json_byte) as u64);
+        let excess = used_before.saturating_sub(policy.size_cap);
+        Estimate {
+            used_before,
+            bytes_per_json_byte,
+            json_wanted: (excess as f64 / bytes_per_json_byte).ceil() as u64,
+        }
+    }
+
+    fn report(&self, policy: &Policy, evicted: Span, json_taken: u64) -> CapReport {
+        let freed = (json_taken as f64 * self.bytes_per_json_byte) as u64;
+        CapReport {
+            cap: policy.size_cap,
+            used_before: self.used_before,
+            used_after: self.used_before.saturating_sub(freed),
+            evicted,
+            nothing_left: json_taken < self.json_wanted,
+        }
+    }
+}
+
+/// Whether an age rule takes an event of `kind` created at `created_at`:
+/// such events are not counted twice by the size cap's estimate
+/// (per-author rules are not simulated here: this is an estimate).
+fn aged_by_rules(policy: &Policy, now: i64) -> impl Fn(u16, i64) -> bool + '_ {
+    move |kind, created_at| {
         policy.rule_for(kind).is_some_and(|index| {
             policy.rules[index]
                 .max_age
                 .is_some_and(|age| created_at < now.saturating_sub(age as i64))
         })
-    };
-    let (evicted, json_taken) = if excess > 0 {
-        sql::oldest_evictable(conn, json_wanted, &policy.exempt, aged)?
-    } else {
-        (Span::default(), 0)
-    };
-    Ok(CapReport {
-        cap: policy.size_cap,
-        used_before,
-        used_after: used_before.saturating_sub(pages_of(json_taken)),
-        evicted,
-        nothing_left: json_taken < json_wanted,
-    })
+    }
 }
 
 /// Starts the background task when `[retention]` has anything to do: a

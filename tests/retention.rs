@@ -3,8 +3,9 @@
 //! in a relay that keeps serving writes, and the command run by the real
 //! binary beside a running relay. What went is checked the way clients see
 //! it (REQ, COUNT, NIP-50 search) and in the database itself (no tag or
-//! search row left behind). What works on the SQLite file itself (the size
-//! cap, vacuum, backup) is in `retention_sqlite.rs`.
+//! search row left behind). The size cap measures SQLite's pages in use
+//! and PostgreSQL's stored JSON. What works on the SQLite file itself
+//! (vacuum, backup) is in `retention_sqlite.rs`.
 
 mod common;
 #[path = "retention/helpers.rs"]
@@ -198,16 +199,10 @@ async fn prune_keeps_the_newest_per_author_and_a_dry_run_counts_exactly_what_it_
     let mut client = relay.client().await;
     publish_all(&mut client, &everything).await;
 
-    // The size cap measures the SQLite file; PostgreSQL has none.
-    let size_cap = if on_postgres() {
-        ""
-    } else {
-        "max_database_mb = 64\n"
-    };
     let config = write_config(
         dir.path(),
         &format!(
-            "[retention]\nexempt_pubkeys = [\"{}\"]\n{size_cap}rules = [\n  \
+            "[retention]\nexempt_pubkeys = [\"{}\"]\nmax_database_mb = 64\nrules = [\n  \
              {{ kinds = [7], max_per_author = 3 }},\n  \
              {{ kinds = [\"0-100\"], max_age = \"30d\" }},\n]\n",
             owner.public_key().to_hex()
@@ -217,12 +212,8 @@ async fn prune_keeps_the_newest_per_author_and_a_dry_run_counts_exactly_what_it_
     let dry = stdout(&run(&config, &db, &["prune", "--dry-run"]));
     assert_eq!(rule_counts(&dry, "would prune"), vec![3, 5], "{dry}");
     assert!(dry.contains("total: would prune 8 events"), "{dry}");
-    if on_postgres() {
-        assert!(dry.contains("size cap: none"), "{dry}");
-    } else {
-        assert!(dry.contains("size cap 64.0 MiB: about "), "{dry}");
-        assert!(dry.contains("nothing to evict"), "{dry}");
-    }
+    assert!(dry.contains("size cap 64.0 MiB: about "), "{dry}");
+    assert!(dry.contains("nothing to evict"), "{dry}");
     assert_eq!(
         stored_ids(&relay.stored()),
         before,
@@ -274,4 +265,186 @@ async fn prune_keeps_the_newest_per_author_and_a_dry_run_counts_exactly_what_it_
     // Nothing left to do: a second dry run says so.
     let again = stdout(&run(&config, &db, &["prune", "--dry-run"]));
     assert_eq!(rule_counts(&again, "would prune"), vec![1, 0], "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_cap_evicts_the_oldest_evictable_events_and_never_protected_ones() {
+    const CAP_MB: u64 = 1;
+    let owner = Keys::generate();
+    let relay = TestRelay::start_with(|c| {
+        c.retention.exempt_pubkeys = vec![owner.public_key().to_hex()];
+        c.retention.max_database_mb = CAP_MB;
+        c.retention.interval_seconds = 1;
+        c.retention.batch_size = 50;
+    })
+    .await;
+    let now = now();
+    let alice = Keys::generate();
+    let mut client = relay.client().await;
+    // The oldest of all: protected kinds, and the exempt owner's notes.
+    let long_ago = now - 100 * DAY;
+    let fake_target = "0".repeat(64);
+    let protected = vec![
+        event(&alice, 0, r#"{"name":"alice"}"#, &[], long_ago),
+        event(
+            &alice,
+            3,
+            "",
+            &[&["p", &owner.public_key().to_hex()]],
+            long_ago,
+        ),
+        event(&alice, 5, "", &[&["e", &fake_target]], long_ago),
+        event(
+            &alice,
+            10002,
+            "",
+            &[&["r", "wss://relay.example.com"]],
+            long_ago,
+        ),
+        event(&alice, 10000, "", &[], long_ago),
+    ];
+    let filler = "lorem ipsum dolor sit amet consectetur ".repeat(40);
+    let mine: Vec<Event> = (0..10)
+        .map(|i| event(&owner, 1, &format!("{i} {filler}"), &[], long_ago + 10 + i))
+        .collect();
+    let authors: Vec<Keys> = (0..5).map(|_| Keys::generate()).collect();
+    let notes: Vec<Event> = (0..1500u64)
+        .map(|i| {
+            let author = &authors[i as usize % authors.len()];
+            event(
+                author,
+                1,
+                &format!("{i} {filler}"),
+                &[&["t", "bulk"]],
+                now - 90 * DAY + i * 60,
+            )
+        })
+        .collect();
+    publish_all(&mut client, &protected).await;
+    publish_all(&mut client, &mine).await;
+    publish_all(&mut client, &notes).await;
+
+    let cap = CAP_MB << 20;
+    let started = Instant::now();
+    while used_bytes(&relay.stored()) > cap {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still {} bytes in use after 30 s (cap {cap})",
+            used_bytes(&relay.stored())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = stored_ids(&relay.stored());
+    for event in protected.iter().chain(&mine) {
+        assert!(
+            stored.contains(&event.id.to_hex()),
+            "kind {} was evicted",
+            event.kind
+        );
+    }
+    let (kept, evicted): (Vec<&Event>, Vec<&Event>) =
+        notes.iter().partition(|e| stored.contains(&e.id.to_hex()));
+    assert!(
+        !kept.is_empty() && !evicted.is_empty(),
+        "{} kept",
+        kept.len()
+    );
+    let newest_evicted = evicted.iter().map(|e| e.created_at).max().unwrap();
+    let oldest_kept = kept.iter().map(|e| e.created_at).min().unwrap();
+    assert!(newest_evicted < oldest_kept, "the oldest go first");
+    // Clients see the same.
+    let bulk = count(&mut client, json!({"#t": ["bulk"]})).await;
+    assert_eq!(bulk, kept.len() as u64);
+    let protected_kinds = client
+        .query("p", vec![json!({"authors": [alice.public_key().to_hex()]})])
+        .await;
+    assert_eq!(
+        ids_of(&protected_kinds),
+        hex_ids(&protected.iter().collect::<Vec<_>>())
+    );
+    assert_no_orphans(&relay.stored());
+}
+
+/// `prune --dry-run` with a size cap says about how many events the cap
+/// would evict, and `prune` then evicts about as many, oldest first. On
+/// PostgreSQL the cap measures the stored JSON, so the estimate is exact
+/// but for the last batch; on SQLite it measures pages, and the estimate
+/// gives each event its JSON's share of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_with_a_size_cap_evicts_about_what_its_dry_run_said() {
+    const BATCH: u64 = 10;
+    let mut relay = TestRelay::start().await;
+    let db = relay.db.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let base = now() - 30 * DAY;
+    let profile_keys = Keys::generate();
+    let profile = event(&profile_keys, 0, r#"{"name":"oldest"}"#, &[], base - DAY);
+    let filler = "sphinx of black quartz, judge my vow ".repeat(50);
+    let authors: Vec<Keys> = (0..8).map(|_| Keys::generate()).collect();
+    let notes: Vec<Event> = (0..1500u64)
+        .map(|i| {
+            let author = &authors[i as usize % authors.len()];
+            event(author, 1, &format!("{i} {filler}"), &[], base + i * 60)
+        })
+        .collect();
+    let mut client = relay.client().await;
+    publish_all(&mut client, std::slice::from_ref(&profile)).await;
+    publish_all(&mut client, &notes).await;
+    drop(client);
+    relay.stop().await;
+
+    let config = write_config(
+        dir.path(),
+        &format!("[retention]\nmax_database_mb = 1\nbatch_size = {BATCH}\n"),
+    );
+    let evicted_in = |report: &str, verb: &str| -> u64 {
+        let line = report
+            .lines()
+            .find(|line| line.starts_with("size cap 1.0 MiB:"))
+            .unwrap_or_else(|| panic!("no size cap line in:\n{report}"));
+        let (_, after) = line
+            .split_once(&format!("{verb} "))
+            .unwrap_or_else(|| panic!("{verb:?} not in {line:?}"));
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let before = stored_ids(&relay.stored());
+    let dry = stdout(&run(&config, &db, &["prune", "--dry-run"]));
+    let estimated = evicted_in(&dry, "would evict about");
+    assert_eq!(
+        stored_ids(&relay.stored()),
+        before,
+        "a dry run deletes nothing"
+    );
+
+    let report = stdout(&run(&config, &db, &["prune"]));
+    let evicted = evicted_in(&report, "evicted");
+    println!("{dry}{report}");
+    assert!(used_bytes(&relay.stored()) <= 1 << 20, "{report}");
+    let stored = stored_ids(&relay.stored());
+    assert_eq!(before.len() - stored.len(), evicted as usize, "{report}");
+    assert!(
+        stored.contains(&profile.id.to_hex()),
+        "a profile is never evicted"
+    );
+    // Oldest first: the evicted notes are exactly the oldest ones.
+    for (index, note) in notes.iter().enumerate() {
+        assert_eq!(
+            stored.contains(&note.id.to_hex()),
+            index as u64 >= evicted,
+            "note {index} of {evicted} evicted"
+        );
+    }
+    if on_postgres() {
+        assert!(
+            (estimated..estimated + BATCH).contains(&evicted),
+            "estimated {estimated}, evicted {evicted}"
+        );
+    } else {
+        let (low, high) = (estimated * 3 / 4, estimated * 5 / 4 + BATCH);
+        assert!(
+            (low..=high).contains(&evicted),
+            "estimated {estimated}, evicted {evicted}"
+        );
+    }
+    assert_no_orphans(&relay.stored());
 }

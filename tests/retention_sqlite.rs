@@ -1,7 +1,7 @@
-//! Retention on the SQLite file itself: the size cap (measured in the
-//! file's pages), `nostr-relayd vacuum` and `backup`, and the commands'
-//! refusals on a missing file. The rules as clients see them, on both
-//! backends, are in `retention.rs`.
+//! Retention on the SQLite file itself: `nostr-relayd vacuum` and
+//! `backup`, and the commands' refusals on a missing file. The rules and
+//! the size cap as clients see them, on both backends, are in
+//! `retention.rs`.
 
 mod common;
 #[path = "retention/helpers.rs"]
@@ -17,119 +17,9 @@ use common::*;
 use helpers::*;
 use nostr::prelude::*;
 use nostr_relayd::config::KindSelector;
-use serde_json::json;
 
 fn open(db: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
-}
-
-/// Pages in use, as the size cap measures them.
-fn used_bytes(db: &Path) -> u64 {
-    let conn = open(db);
-    let pragma = |name: &str| -> u64 {
-        conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0))
-            .unwrap() as u64
-    };
-    (pragma("page_count") - pragma("freelist_count")) * pragma("page_size")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_size_cap_evicts_the_oldest_evictable_events_and_never_protected_ones() {
-    const CAP_MB: u64 = 1;
-    let owner = Keys::generate();
-    let relay = TestRelay::start_with(|c| {
-        c.retention.exempt_pubkeys = vec![owner.public_key().to_hex()];
-        c.retention.max_database_mb = CAP_MB;
-        c.retention.interval_seconds = 1;
-        c.retention.batch_size = 50;
-    })
-    .await;
-    let db = relay.db.clone();
-    let now = now();
-    let alice = Keys::generate();
-    let mut client = relay.client().await;
-    // The oldest of all: protected kinds, and the exempt owner's notes.
-    let long_ago = now - 100 * DAY;
-    let fake_target = "0".repeat(64);
-    let protected = vec![
-        event(&alice, 0, r#"{"name":"alice"}"#, &[], long_ago),
-        event(
-            &alice,
-            3,
-            "",
-            &[&["p", &owner.public_key().to_hex()]],
-            long_ago,
-        ),
-        event(&alice, 5, "", &[&["e", &fake_target]], long_ago),
-        event(
-            &alice,
-            10002,
-            "",
-            &[&["r", "wss://relay.example.com"]],
-            long_ago,
-        ),
-        event(&alice, 10000, "", &[], long_ago),
-    ];
-    let filler = "lorem ipsum dolor sit amet consectetur ".repeat(40);
-    let mine: Vec<Event> = (0..10)
-        .map(|i| event(&owner, 1, &format!("{i} {filler}"), &[], long_ago + 10 + i))
-        .collect();
-    let authors: Vec<Keys> = (0..5).map(|_| Keys::generate()).collect();
-    let notes: Vec<Event> = (0..1500u64)
-        .map(|i| {
-            let author = &authors[i as usize % authors.len()];
-            event(
-                author,
-                1,
-                &format!("{i} {filler}"),
-                &[&["t", "bulk"]],
-                now - 90 * DAY + i * 60,
-            )
-        })
-        .collect();
-    publish_all(&mut client, &protected).await;
-    publish_all(&mut client, &mine).await;
-    publish_all(&mut client, &notes).await;
-
-    let cap = CAP_MB << 20;
-    let started = Instant::now();
-    while used_bytes(&db) > cap {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "still {} bytes in use after 30 s (cap {cap})",
-            used_bytes(&db)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let stored = stored_ids(&sqlite(&db));
-    for event in protected.iter().chain(&mine) {
-        assert!(
-            stored.contains(&event.id.to_hex()),
-            "kind {} was evicted",
-            event.kind
-        );
-    }
-    let (kept, evicted): (Vec<&Event>, Vec<&Event>) =
-        notes.iter().partition(|e| stored.contains(&e.id.to_hex()));
-    assert!(
-        !kept.is_empty() && !evicted.is_empty(),
-        "{} kept",
-        kept.len()
-    );
-    let newest_evicted = evicted.iter().map(|e| e.created_at).max().unwrap();
-    let oldest_kept = kept.iter().map(|e| e.created_at).min().unwrap();
-    assert!(newest_evicted < oldest_kept, "the oldest go first");
-    // Clients see the same.
-    let bulk = count(&mut client, json!({"#t": ["bulk"]})).await;
-    assert_eq!(bulk, kept.len() as u64);
-    let protected_kinds = client
-        .query("p", vec![json!({"authors": [alice.public_key().to_hex()]})])
-        .await;
-    assert_eq!(
-        ids_of(&protected_kinds),
-        hex_ids(&protected.iter().collect::<Vec<_>>())
-    );
-    assert_no_orphans(&sqlite(&db));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +157,7 @@ async fn vacuum_gives_the_space_of_a_large_prune_back() {
         size() >= full,
         "a prune frees pages without shrinking the file"
     );
-    assert!(used_bytes(&db) < full / 2);
+    assert!(used_bytes(&sqlite(&db)) < full / 2);
 
     let vacuum = stdout(&run(&config, &db, &["vacuum"]));
     let vacuumed = size();

@@ -117,6 +117,7 @@ macro_rules! evictable_sql {
         "kind NOT IN (0, 3, 5, 62) AND kind NOT BETWEEN 10000 AND 19999"
     };
 }
+pub(crate) use evictable_sql;
 
 /// [`Doomed::OlderThan`]: a covering range of `event_kind_time`, oldest first.
 const OLDER_THAN: &str = "SELECT seq, created_at FROM event INDEXED BY event_kind_time

@@ -112,8 +112,27 @@ pub fn stored_ids(stored: &StoredDb) -> HashSet<String> {
         .collect()
 }
 
+/// Bytes in use as the size cap measures them: SQLite's pages in use (free
+/// pages do not count), PostgreSQL's stored JSON (kept per kind class by a
+/// trigger).
+pub fn used_bytes(stored: &StoredDb) -> u64 {
+    let used = match stored {
+        StoredDb::Sqlite(_) => {
+            stored.integer(
+                "SELECT (SELECT page_count FROM pragma_page_count())
+                  - (SELECT freelist_count FROM pragma_freelist_count())",
+            ) * stored.integer("SELECT page_size FROM pragma_page_size()")
+        }
+        StoredDb::Postgres(_) => {
+            stored.integer("SELECT coalesce(sum(bytes), 0)::bigint FROM event_class_count")
+        }
+    };
+    u64::try_from(used).unwrap()
+}
+
 /// No tag row and no NIP-50 index row outlives its event; on PostgreSQL
-/// the per-class counts (kept by a trigger) still add up to the events.
+/// the per-class counts and JSON bytes (kept by a trigger) still add up to
+/// the events.
 pub fn assert_no_orphans(stored: &StoredDb) {
     assert_eq!(
         stored.integer("SELECT count(*) FROM tag WHERE event_seq NOT IN (SELECT seq FROM event)"),
@@ -133,6 +152,13 @@ pub fn assert_no_orphans(stored: &StoredDb) {
             stored.integer("SELECT count(*) FROM event"),
             "the per-class counts no longer add up to the events stored"
         ),
+    }
+    if let StoredDb::Postgres(_) = stored {
+        assert_eq!(
+            stored.integer("SELECT coalesce(sum(bytes), 0)::bigint FROM event_class_count"),
+            stored.integer("SELECT coalesce(sum(octet_length(json)), 0)::bigint FROM event"),
+            "the per-class JSON bytes no longer add up to the events stored"
+        );
     }
 }
 

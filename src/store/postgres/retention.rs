@@ -13,16 +13,27 @@
 //! takes its tags (ON DELETE CASCADE), its search entry (a column of the
 //! row) and its count per kind class (a trigger) with it.
 //!
-//! The size cap is not offered here: PostgreSQL does not give the space of
-//! deleted rows back, so a cap measured on the database's size would go on
-//! evicting (`Config::validate` refuses it).
+//! The size cap measures the stored events' JSON (what `export` writes),
+//! kept per kind class by the trigger of migration 2: the files do not
+//! shrink when rows are deleted (their space is reused by later rows after
+//! VACUUM), so a cap on the files' size would go on evicting. The tables
+//! and indexes take a few times the JSON on disk (README: "Retention").
 
 use deadpool_postgres::Transaction;
 
 use super::PgStore;
 use crate::nostr::kind;
 use crate::store::StoreError;
-use crate::store::retention::{Doomed, PruneJob, Pruned, Span};
+use crate::store::retention::{Doomed, PruneJob, Pruned, Span, evictable_sql};
+
+/// [`Doomed::Oldest`] and the dry run's walk: evictable events of
+/// non-exempt authors, oldest first (a backward scan of `event_time`).
+const OLDEST: &str = concat!(
+    "SELECT seq, created_at, kind, octet_length(json) FROM event
+     WHERE created_at >= $1 AND NOT (pubkey = ANY($2)) AND ",
+    evictable_sql!(),
+    " ORDER BY created_at"
+);
 
 impl PgStore {
     /// The distinct kinds stored: one index descent per kind (a loose
@@ -48,24 +59,25 @@ impl PgStore {
     }
 
     /// What [`Doomed::OlderThan`] would delete of `kind`, all batches
-    /// together.
+    /// together, and the bytes of its JSON (the size cap's measure).
     pub async fn older_than(
         &self,
         kind: u16,
         before: i64,
         exempt: &[[u8; 32]],
-    ) -> Result<Span, StoreError> {
+    ) -> Result<(Span, u64), StoreError> {
         let mut client = self.pool().get().await?;
         let tx = unbounded(&mut client).await?;
         let row = tx
             .query_one(
-                "SELECT count(*), min(created_at), max(created_at) FROM event
+                "SELECT count(*), min(created_at), max(created_at),
+                        coalesce(sum(octet_length(json)), 0)::bigint FROM event
                  WHERE kind = $1 AND created_at < $2 AND NOT (pubkey = ANY($3))",
                 &[&i32::from(kind), &before, &keys(exempt)],
             )
             .await?;
         tx.commit().await?;
-        span_of(&row)
+        span_and_bytes(&row)
     }
 
     /// The authors, exempt ones left out, with more than `keep` events of
@@ -99,32 +111,85 @@ impl PgStore {
     }
 
     /// What [`Doomed::BeyondNewest`] would delete of one author, counting
-    /// only events created at or after `since` (those an age rule leaves).
+    /// only events created at or after `since` (those an age rule leaves),
+    /// and the bytes of its JSON.
     pub async fn beyond_newest_of(
         &self,
         author: &[u8; 32],
         kinds: &[u16],
         keep: u64,
         since: i64,
-    ) -> Result<Span, StoreError> {
+    ) -> Result<(Span, u64), StoreError> {
         let mut client = self.pool().get().await?;
         let tx = unbounded(&mut client).await?;
         let row = tx
             .query_one(
-                "SELECT count(*), min(created_at), max(created_at) FROM (
-                     SELECT created_at FROM event
+                "SELECT count(*), min(created_at), max(created_at),
+                        coalesce(sum(bytes), 0)::bigint FROM (
+                     SELECT created_at, octet_length(json) AS bytes FROM event
                      WHERE pubkey = $1 AND kind = ANY($2) AND created_at >= $3
                      ORDER BY created_at DESC, id OFFSET $4) AS beyond",
                 &[&&author[..], &ints(kinds), &since, &clamp(keep)],
             )
             .await?;
         tx.commit().await?;
-        span_of(&row)
+        span_and_bytes(&row)
+    }
+
+    /// The size cap's measure: bytes of stored JSON, summed from the
+    /// per-class rows the triggers keep (no scan of the events).
+    pub async fn used_bytes(&self) -> Result<u64, StoreError> {
+        let client = self.pool().get().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(bytes), 0)::bigint FROM event_class_count",
+                &[],
+            )
+            .await?;
+        Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    }
+
+    /// The oldest evictable events not by an exempt pubkey, those for which
+    /// `skip` is true (what the rules take anyway) passed over, until their
+    /// JSON reaches `json_wanted` bytes: the size cap's part of a dry run.
+    /// Read through a cursor, 1,000 rows at a time, in one snapshot.
+    pub async fn oldest_evictable(
+        &self,
+        json_wanted: u64,
+        exempt: &[[u8; 32]],
+        skip: impl Fn(u16, i64) -> bool,
+    ) -> Result<(Span, u64), StoreError> {
+        let mut client = self.pool().get().await?;
+        let tx = unbounded(&mut client).await?;
+        let declare = format!("DECLARE oldest NO SCROLL CURSOR FOR {OLDEST}");
+        tx.execute(declare.as_str(), &[&i64::MIN, &keys(exempt)])
+            .await?;
+        let (mut span, mut taken) = (Span::default(), 0u64);
+        'fetch: while taken < json_wanted {
+            let rows = tx.query("FETCH 1000 FROM oldest", &[]).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                if taken >= json_wanted {
+                    break 'fetch;
+                }
+                let created_at: i64 = row.try_get(1)?;
+                let kind = u16::try_from(row.try_get::<_, i32>(2)?).unwrap_or(u16::MAX);
+                let bytes: i32 = row.try_get(3)?;
+                if !skip(kind, created_at) {
+                    span.add(created_at);
+                    taken += u64::try_from(bytes).unwrap_or(0);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok((span, taken))
     }
 
     /// Deletes one bounded batch for retention (`retention.rs`) in its own
     /// short transaction, so that the writers' work goes on between
-    /// batches. `used_bytes` is 0: there is no size cap on PostgreSQL.
+    /// batches.
     pub async fn prune(&self, job: PruneJob) -> Result<Pruned, StoreError> {
         let mut client = self.pool().get().await?;
         let tx = unbounded(&mut client).await?;
@@ -184,10 +249,11 @@ impl PgStore {
                     }
                 }
             }
-            Doomed::Oldest { .. } => {
-                return Err(StoreError::Other(
-                    "retention.max_database_mb is not available with the PostgreSQL backend".into(),
-                ));
+            Doomed::Oldest { from } => {
+                let oldest = format!("{OLDEST} LIMIT $3");
+                for row in tx.query(oldest.as_str(), &[from, &exempt, &limit]).await? {
+                    doomed.push(row.try_get(0)?);
+                }
             }
         }
         let mut span = Span::default();
@@ -205,9 +271,10 @@ impl PgStore {
             }
         }
         tx.commit().await?;
+        drop(client);
         Ok(Pruned {
             span,
-            used_bytes: 0,
+            used_bytes: self.used_bytes().await?,
         })
     }
 }
@@ -219,13 +286,16 @@ async fn unbounded(client: &mut deadpool_postgres::Object) -> Result<Transaction
     Ok(tx)
 }
 
-fn span_of(row: &tokio_postgres::Row) -> Result<Span, StoreError> {
+/// A `count, min(created_at), max(created_at), bytes` row.
+fn span_and_bytes(row: &tokio_postgres::Row) -> Result<(Span, u64), StoreError> {
     let count: i64 = row.try_get(0)?;
-    Ok(Span {
+    let bytes: i64 = row.try_get(3)?;
+    let span = Span {
         count: u64::try_from(count).unwrap_or(0),
         oldest: row.try_get(1)?,
         newest: row.try_get(2)?,
-    })
+    };
+    Ok((span, u64::try_from(bytes).unwrap_or(0)))
 }
 
 fn keys(keys: &[[u8; 32]]) -> Vec<&[u8]> {
