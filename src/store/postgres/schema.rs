@@ -262,14 +262,22 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
 }
 
 async fn apply(client: &mut Client, migrations: &[&str]) -> Result<(), StoreError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (
-                 version    integer     PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .await?;
+    // Looked up first: `IF NOT EXISTS` alone makes the server send a
+    // NOTICE, logged at every start.
+    let created: bool = client
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if !created {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (
+                     version    integer     PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )
+            .await?;
+    }
     let row = client
         .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
         .await?;
