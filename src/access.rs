@@ -540,11 +540,7 @@ impl AccessControl {
                 Ok(deleted)
             }
             Source::Postgres(store) => {
-                if let Some(refusal) = seed.refusal(edit) {
-                    return Err(refusal);
-                }
-                let deleted = block_on(store.apply_edit(edit, &seed.allowed_kinds, unix_now()))?
-                    .map_err(|e| e.to_string())?;
+                let deleted = block_on(apply_edit_to(store, &seed, edit))??;
                 self.install(self.load()?);
                 Ok(deleted)
             }
@@ -616,8 +612,23 @@ pub fn apply_edit(conn: &mut Connection, seed: &Seed, edit: &Edit) -> Result<usi
         .map_err(|e| StoreError::from(e).to_string())
 }
 
+/// [`apply_edit`] for a PostgreSQL store (the relay's or the CLI's): the
+/// same refusal of what relay.toml forbids, then one transaction that also
+/// bumps the lists version every node polls.
+pub async fn apply_edit_to(store: &Store, seed: &Seed, edit: &Edit) -> Result<usize, String> {
+    if let Some(refusal) = seed.refusal(edit) {
+        return Err(refusal);
+    }
+    store
+        .apply_edit(edit, &seed.allowed_kinds, unix_now())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Keeps `access` in step with the database until shutdown: every
-/// [`POLL_PERIOD`], on a blocking thread, a look at `PRAGMA data_version`.
+/// [`POLL_PERIOD`], on a blocking thread, a look at `PRAGMA data_version`
+/// (SQLite) or at the `lists_version` row (PostgreSQL, where the edits of
+/// the CLI and of every node land).
 pub async fn watch(access: Arc<AccessControl>, mut shutdown: Shutdown) {
     let mut ticker = tokio::time::interval(POLL_PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,19 +1,29 @@
 //! `nostr-relayd admin …`: the NIP-86 operations from the host's shell.
 //!
-//! It works on the database directly, with no HTTP and no running relay
-//! needed (lists can be seeded before the first start). Each edit is one
-//! short transaction, safe beside a running relay (SQLite serializes the
-//! writers), and bumps the lists version, which a running relay polls:
-//! the change is in force there within `access::POLL_PERIOD`.
+//! It works on the database directly, on either backend, with no HTTP and
+//! no running relay needed (lists can be seeded before the first start).
+//! Each edit is one short transaction, safe beside running relays (SQLite
+//! serializes the writers across processes; on PostgreSQL it is the very
+//! transaction a node runs for a NIP-86 call), and bumps the lists
+//! version, which every running relay polls: the change is in force there
+//! within `access::POLL_PERIOD`.
+
+use std::time::Duration;
 
 use clap::Subcommand;
+use rusqlite::Connection;
 
 use crate::access::{self, AccessLists, Cidr, Seed};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::nostr::hex::decode_lower;
 use crate::nostr::nip19::parse_pubkey;
-use crate::store::lists::{self, Edit, InfoField};
-use crate::store::{self, StoreError, schema};
+use crate::store::lists::{self, Edit, InfoField, Report, StoredLists};
+use crate::store::{self, Store, StoreError, schema};
+
+/// How long one statement of the CLI may run on PostgreSQL: an operator's
+/// edit waits for the nodes' writers (a ban takes the event's lock), it is
+/// not a client's query held to `storage.query_timeout_ms`.
+const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One admin command; each mirrors a NIP-86 method.
 #[derive(Debug, Clone, Subcommand)]
@@ -115,29 +125,35 @@ pub enum AdminCommand {
     List,
 }
 
-/// Runs one command against `config.database`; returns what to print.
+/// Runs one command against the configured database (`config.database`,
+/// or PostgreSQL with `storage.backend = "postgres"`); returns what to
+/// print. The arguments are checked before the database is opened.
 pub fn run(config: &Config, command: &AdminCommand) -> Result<String, String> {
     let seed = Seed::from_config(&config.access)?;
-    let path = &config.database;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let mut conn = store::open_connection(path, config.storage.durability, false)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    schema::migrate(&mut conn, path).map_err(|e| e.to_string())?;
     let edits = edits(command)?;
-    if edits.is_empty() {
-        let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
-        let reports = lists::reports(&conn).map_err(|e| StoreError::from(e).to_string())?;
-        return Ok(describe(
-            &AccessLists::build(config, &seed, stored),
-            &reports,
-        ));
-    }
+    let mut database = Database::open(config)?;
+    let outcome = if edits.is_empty() {
+        database
+            .lists()
+            .and_then(|stored| Ok((stored, database.reports()?)))
+            .map(|(stored, reports)| describe(&AccessLists::build(config, &seed, stored), &reports))
+    } else {
+        apply_all(&mut database, &seed, edits)
+    };
+    database.close();
+    outcome
+}
+
+/// Applies the edits in order, one transaction each; stops at the first
+/// refusal or failure.
+fn apply_all(
+    database: &mut Database,
+    seed: &Seed,
+    edits: Vec<(Edit, String)>,
+) -> Result<String, String> {
     let mut output = String::new();
     for (edit, done) in edits {
-        let deleted = access::apply_edit(&mut conn, &seed, &edit)?;
+        let deleted = database.apply(seed, &edit)?;
         output.push_str(&done);
         if deleted > 0 {
             output.push_str(" (the stored event was deleted)");
@@ -145,6 +161,97 @@ pub fn run(config: &Config, command: &AdminCommand) -> Result<String, String> {
         output.push('\n');
     }
     Ok(output)
+}
+
+/// Where the stored lists are, opened (and migrated) for this one command.
+enum Database {
+    /// A connection of its own on the SQLite file: no writer thread, since
+    /// SQLite serializes this process's transactions with the relay's.
+    Sqlite(Connection),
+    /// A store of its own (`Store` has no reader-only opening, so it starts
+    /// a writer that stays idle), on a runtime beside this thread.
+    Postgres(Store, tokio::runtime::Runtime),
+}
+
+impl Database {
+    fn open(config: &Config) -> Result<Database, String> {
+        let cannot_open =
+            |e: StoreError| format!("cannot open the {}: {e}", config.database_label());
+        match config.storage.backend {
+            Backend::Sqlite => {
+                let path = &config.database;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                }
+                let mut conn = store::open_connection(path, config.storage.durability, false)
+                    .map_err(cannot_open)?;
+                schema::migrate(&mut conn, path).map_err(|e| e.to_string())?;
+                Ok(Database::Sqlite(conn))
+            }
+            Backend::Postgres => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+                let options = store::postgres::PgOptions {
+                    pool_size: 1,
+                    query_timeout: POSTGRES_STATEMENT_TIMEOUT,
+                    ..store::postgres_options(config)
+                };
+                // No commit hook: this process stores no events.
+                let store = runtime
+                    .block_on(Store::open_postgres(&options, Box::new(|_| {})))
+                    .map_err(cannot_open)?;
+                Ok(Database::Postgres(store, runtime))
+            }
+        }
+    }
+
+    /// The lists as stored (relay.toml's seed is added by the caller).
+    fn lists(&self) -> Result<StoredLists, String> {
+        match self {
+            Database::Sqlite(conn) => {
+                lists::load(conn).map_err(|e| StoreError::from(e).to_string())
+            }
+            Database::Postgres(store, runtime) => {
+                runtime.block_on(store.lists()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// The events reported for moderation.
+    fn reports(&self) -> Result<Vec<Report>, String> {
+        match self {
+            Database::Sqlite(conn) => {
+                lists::reports(conn).map_err(|e| StoreError::from(e).to_string())
+            }
+            Database::Postgres(store, runtime) => {
+                runtime.block_on(store.reports()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// One edit, refused if relay.toml forbids it (on both backends);
+    /// returns how many stored events it deleted.
+    fn apply(&mut self, seed: &Seed, edit: &Edit) -> Result<usize, String> {
+        match self {
+            Database::Sqlite(conn) => access::apply_edit(conn, seed, edit),
+            Database::Postgres(store, runtime) => {
+                runtime.block_on(access::apply_edit_to(store, seed, edit))
+            }
+        }
+    }
+
+    /// Stops the PostgreSQL store's writer and closes its connections
+    /// (the SQLite connection closes when dropped).
+    fn close(self) {
+        if let Database::Postgres(store, _runtime) = self {
+            // Called on this plain thread, outside the runtime, as it needs.
+            store.close();
+        }
+    }
 }
 
 /// The edits a command stands for, each with its confirmation line; empty
@@ -281,7 +388,7 @@ fn info(field: InfoField, value: &str) -> (Edit, String) {
 }
 
 /// Every list, one entry per line, for people.
-fn describe(lists: &AccessLists, reports: &[lists::Report]) -> String {
+fn describe(lists: &AccessLists, reports: &[Report]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let mut section = |title: &str, mut lines: Vec<String>| {

@@ -159,10 +159,6 @@ fn sqlite_only(command: &Command, config: &Config) -> Option<String> {
             "sync",
             "a SQLite relay beside it, then `export` and `import`",
         ),
-        Command::Admin { .. } => (
-            "admin",
-            "the NIP-86 management API (README.md, \"Moderation\")",
-        ),
         _ => return None,
     };
     Some(format!(

@@ -1,12 +1,13 @@
-//! NIP-86 management API (authorized by NIP-98) and the access lists it
-//! edits, end to end over real sockets, on both backends
-//! (management_on_postgres.rs). The `nostr-relayd admin` CLI, which works on
-//! the SQLite file: management_sqlite.rs.
+//! NIP-86 management API (authorized by NIP-98), the `nostr-relayd admin`
+//! CLI and the access lists they edit, end to end over real sockets, on
+//! both backends (management_on_postgres.rs). What only a SQLite file
+//! does: management_sqlite.rs.
 
 mod common;
 mod nip86;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
@@ -734,4 +735,259 @@ async fn a_request_to_vanish_survives_a_ban_of_itself() {
     )
     .await;
     assert!(is_blocked(&c.publish(&old).await), "the old note stays out");
+}
+
+// The `nostr-relayd admin` CLI: the same edits from the host's shell, on the
+// database the relay runs on, picked up by running relays within a poll of
+// their access lists (250 ms; the tests allow 2 s).
+
+/// How long a running relay may take to see an edit made by the CLI.
+const PICKED_UP: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn the_cli_bans_a_pubkey_in_a_running_relay_within_two_seconds() {
+    // The operator's real use: the relay binary runs, the CLI edits beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.sqlite");
+    let config = write_config(dir.path(), "");
+    let relay = RelayProcess::spawn(&config, &db).await;
+    let author = Keys::generate();
+    let mut client = Client::connect(&relay.url).await;
+    assert!(client.publish(&note(&author, "before")).await.0);
+
+    let npub = author.public_key().to_bech32().unwrap();
+    let out = admin_ok(&config, &db, &["ban-pubkey", &npub, "--reason", "spam"]);
+    assert_eq!(
+        out,
+        format!("banned pubkey {}\n", author.public_key().to_hex())
+    );
+    let started = Instant::now();
+    loop {
+        let event = note(&author, &format!("during {:?}", started.elapsed()));
+        let answer = client.publish(&event).await;
+        if is_blocked(&answer) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PICKED_UP,
+            "the running relay still accepts the banned pubkey: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let listed = admin_ok(&config, &db, &["list"]);
+    assert!(
+        listed.contains(&format!(
+            "banned pubkeys:\n  {}  spam\n",
+            author.public_key().to_hex()
+        )),
+        "{listed}"
+    );
+
+    let out = admin_ok(
+        &config,
+        &db,
+        &["unban-pubkey", &author.public_key().to_hex()],
+    );
+    assert!(out.starts_with("unbanned pubkey"), "{out}");
+    let started = Instant::now();
+    loop {
+        let answer = client
+            .publish(&note(&author, &format!("after {:?}", started.elapsed())))
+            .await;
+        if answer.0 {
+            break;
+        }
+        assert!(started.elapsed() < PICKED_UP, "still banned: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        admin_ok(&config, &db, &["list"]).contains("banned pubkeys: none"),
+        "the unban is stored"
+    );
+
+    // Bad input is refused with a message and a failure status.
+    let out = admin_cli(&config, &db, &["ban-pubkey", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pubkey"));
+}
+
+#[tokio::test]
+async fn blocking_the_admins_own_address_is_undone_from_the_host() {
+    let admin = Keys::generate();
+    let relay = relay_with_admin(&admin, |_| {}).await;
+    ok(&relay, &admin, "blockip", json!(["127.0.0.1/32"])).await;
+    // The API itself is now out of reach from 127.0.0.1…
+    assert!(client_from("127.0.0.1", &relay).await.is_err());
+    // …and the host CLI, working on the database, reaches the running
+    // relay through its access-list watcher.
+    let config = write_config(relay.db.parent().unwrap(), "");
+    let out = admin_ok(&config, &relay.db, &["unblock-ip", "127.0.0.1"]);
+    assert_eq!(out, "unblocked 127.0.0.1/32\n");
+    let started = Instant::now();
+    while client_from("127.0.0.1", &relay).await.is_err() {
+        assert!(
+            started.elapsed() < PICKED_UP,
+            "the relay did not see the CLI's unblock within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_banned_from_the_cli_is_deleted_and_leaves_the_moderation_queue() {
+    let admin = Keys::generate();
+    let relay = relay_with_admin(&admin, |_| {}).await;
+    let config = write_config(relay.db.parent().unwrap(), "");
+    let author = Keys::generate();
+    let target = event(&author, 1, "bad", &[&["t", "cli-ban"]], now());
+    let id = target.id.to_hex();
+    let report = event(
+        &Keys::generate(),
+        1984,
+        "",
+        &[
+            &["e", &id, "illegal"],
+            &["p", &author.public_key().to_hex()],
+        ],
+        now(),
+    );
+    let mut client = relay.client().await;
+    assert!(client.publish(&target).await.0);
+    assert!(client.publish(&report).await.0);
+    let listed = admin_ok(&config, &relay.db, &["list"]);
+    assert!(
+        listed.contains(&format!(
+            "events needing moderation:\n  {id}  illegal (1 reports)\n"
+        )),
+        "{listed}"
+    );
+
+    let out = admin_ok(
+        &config,
+        &relay.db,
+        &["ban-event", &id, "--reason", "illegal"],
+    );
+    assert_eq!(
+        out,
+        format!("banned event {id} (the stored event was deleted)\n")
+    );
+    // Gone from the database at once, its tag rows with it.
+    assert_eq!(relay.stored().rows_for(target.id.as_bytes()), 0);
+    assert!(
+        client
+            .query("gone", vec![json!({"#t": ["cli-ban"]})])
+            .await
+            .is_empty()
+    );
+    // The running relay's lists take the ban (NIP-86 reads them)…
+    let started = Instant::now();
+    loop {
+        let banned = ok(&relay, &admin, "listbannedevents", json!([])).await;
+        if entries(&banned, "id") == vec![(id.clone(), "illegal".to_owned())] {
+            break;
+        }
+        assert!(
+            started.elapsed() < PICKED_UP,
+            "the relay did not see the CLI's ban: {banned}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …and refuse the event from then on; its report was moderated.
+    let again = client.publish(&target).await;
+    assert!(is_blocked(&again), "{again:?}");
+    assert_eq!(relay.stored().rows_for(target.id.as_bytes()), 0);
+    assert_eq!(
+        ok(&relay, &admin, "listeventsneedingmoderation", json!([])).await,
+        json!([])
+    );
+    let listed = admin_ok(&config, &relay.db, &["list"]);
+    assert!(
+        listed.contains("events needing moderation: none")
+            && listed.contains(&format!("banned events:\n  {id}  illegal\n")),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_sets_lists_before_the_first_start_but_cannot_lift_relay_toml_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.sqlite");
+    let seeded = Keys::generate();
+    let banned = Keys::generate();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[access]\ndenied_pubkeys = [\"{}\"]\n",
+            seeded.public_key().to_hex()
+        ),
+    );
+    // No relay has run on this database yet: the CLI creates it.
+    admin_ok(
+        &config,
+        &db,
+        &[
+            "ban-pubkey",
+            &banned.public_key().to_hex(),
+            "--reason",
+            "spam",
+        ],
+    );
+    admin_ok(&config, &db, &["set-name", "Named from the shell"]);
+    // relay.toml's ban would come back at once: the CLI refuses to lift it.
+    let out = admin_cli(
+        &config,
+        &db,
+        &["unban-pubkey", &seeded.public_key().to_hex()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("access.denied_pubkeys"),
+        "{out:?}"
+    );
+    let listed = admin_ok(&config, &db, &["list"]);
+    assert!(
+        listed.contains(&format!(
+            "  {}  listed in relay.toml\n",
+            seeded.public_key().to_hex()
+        )) && listed.contains(&format!("  {}  spam\n", banned.public_key().to_hex())),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("relay name: \"Named from the shell\""),
+        "{listed}"
+    );
+
+    let relay = RelayProcess::spawn(&config, &db).await;
+    let mut client = Client::connect(&relay.url).await;
+    for keys in [&seeded, &banned] {
+        let answer = client.publish(&note(keys, "hi")).await;
+        assert!(is_blocked(&answer), "{answer:?}");
+    }
+    assert!(client.publish(&note(&Keys::generate(), "hi")).await.0);
+    assert_eq!(get_nip11(relay.addr).await["name"], "Named from the shell");
+}
+
+#[test]
+fn the_cli_names_a_postgresql_database_it_cannot_reach() {
+    // A backend the test chose itself: the same on both targets.
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("127.0.0.1:{}/relay", free_port());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://nostr:secret@{server}\"\n"
+        ),
+    );
+    let out = admin_cli(&config, &dir.path().join("relay.sqlite"), &["list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Named without its password.
+    assert!(
+        stderr.contains(&format!(
+            "cannot open the PostgreSQL database postgres://{server}"
+        )) && !stderr.contains("secret"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
 }

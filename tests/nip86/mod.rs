@@ -1,8 +1,13 @@
-//! NIP-86 management calls (authorized by NIP-98) over raw HTTP, and
-//! clients from other loopback addresses, shared by management.rs (run on
-//! both backends) and management_sqlite.rs (the admin CLI).
+//! NIP-86 management calls (authorized by NIP-98) over raw HTTP, clients
+//! from other loopback addresses, and the `nostr-relayd admin` CLI run from
+//! "the host's shell", shared by management.rs (run on both backends) and
+//! management_sqlite.rs (what only a SQLite file does).
+
+// Each suite uses its own part of these.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use nostr::prelude::*;
@@ -132,4 +137,35 @@ pub async fn client_from(source: &str, relay: &TestRelay) -> Result<Client, Stri
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("handshake timed out".into()),
     }
+}
+
+/// A relay.toml holding `text`, in `dir`, for the binary (the relay and
+/// the CLI read the same file).
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("cli-relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `nostr-relayd --config <config> admin <args>` on the database `db`, on
+/// this test binary's backend ([`relayd`]: on PostgreSQL, the database
+/// standing for `db`, the one a relay started on `db` uses).
+pub fn admin_cli(config: &Path, db: &Path, args: &[&str]) -> std::process::Output {
+    relayd(config, db)
+        .arg("admin")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run nostr-relayd admin")
+}
+
+/// [`admin_cli`] that must succeed, with no warning on its way (opening
+/// and closing the database included): its standard output.
+pub fn admin_ok(config: &Path, db: &Path, args: &[&str]) -> String {
+    let out = admin_cli(config, db, args);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "admin {args:?}: {out:?}"
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
 }
