@@ -183,6 +183,22 @@ pub fn check(
     check_policy_and_signature(event, policy, now)
 }
 
+/// [`check`] for a store that answers the freshness look-up itself
+/// (PostgreSQL, [`Store::freshness`]): the same checks in the same order,
+/// so that `nostr-relayd sync` refuses exactly what an EVENT is refused.
+pub async fn check_in_store(
+    store: &Store,
+    event: &Event,
+    ephemeral: bool,
+    policy: &WritePolicy,
+    now: i64,
+) -> Option<Verdict> {
+    if !ephemeral && let Some(verdict) = fresh_or_refused(store.freshness(event).await) {
+        return Some(verdict);
+    }
+    check_policy_and_signature(event, policy, now)
+}
+
 /// The answer a freshness look-up gives: `None` for a new event.
 fn fresh_or_refused(freshness: Result<Freshness, StoreError>) -> Option<Verdict> {
     match freshness {

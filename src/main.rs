@@ -155,10 +155,6 @@ fn sqlite_only(command: &Command, config: &Config) -> Option<String> {
     let (name, instead) = match command {
         Command::Vacuum => ("vacuum", "PostgreSQL's autovacuum, or VACUUM FULL in psql"),
         Command::Backup { .. } => ("backup", "pg_dump, or `nostr-relayd export` for the events"),
-        Command::Sync(_) => (
-            "sync",
-            "a SQLite relay beside it, then `export` and `import`",
-        ),
         _ => return None,
     };
     Some(format!(

@@ -1,7 +1,9 @@
 //! `nostr-relayd sync` end to end: two real relay processes on loopback,
 //! the sync command run as the real binary against the local relay's
 //! database while that relay is running, and every result checked with REQs
-//! on both relays. Events are signed with the `nostr` crate.
+//! on both relays. Events are signed with the `nostr` crate. Runs on both
+//! backends (sync_on_postgres.rs: relays and the sync command on
+//! PostgreSQL); sync's own tables are read through `StoredDb`.
 
 mod common;
 
@@ -17,8 +19,6 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-
-const BIN: &str = env!("CARGO_BIN_EXE_nostr-relayd");
 
 /// One relay: its configuration file, its database, the running process.
 struct Side {
@@ -81,22 +81,45 @@ impl Side {
         }
     }
 
-    /// Rows of `sync_refused` (id, direction, reason).
+    /// `nostr-relayd --config <this relay's config> <args…>` on its
+    /// database, on this test binary's backend.
+    fn command(&self) -> tokio::process::Command {
+        tokio::process::Command::from(relayd(&self.config, &self.db))
+    }
+
+    /// This relay's database, read directly (SQLite file or PostgreSQL).
+    fn stored(&self) -> StoredDb {
+        stored_db(&self.db)
+    }
+
+    /// Rows of `sync_refused` (id, direction, reason), by reason.
     fn refused(&self) -> Vec<(String, String, String)> {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT id, direction, reason FROM sync_refused ORDER BY reason")
-            .unwrap();
-        stmt.query_map([], |row| {
-            Ok((
-                hex::encode(row.get::<_, Vec<u8>>(0)?),
-                row.get(1)?,
-                row.get(2)?,
-            ))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        let db = self.stored();
+        let hex_id = match db {
+            StoredDb::Sqlite(_) => "lower(hex(id))",
+            StoredDb::Postgres(_) => "encode(id, 'hex')",
+        };
+        let rows = db.integer("SELECT count(*) FROM sync_refused");
+        (0..rows)
+            .map(|row| {
+                let column = |name: &str| {
+                    db.value(&format!(
+                        "SELECT {name} FROM sync_refused ORDER BY reason, id LIMIT 1 OFFSET {row}"
+                    ))
+                };
+                (column(hex_id), column("direction"), column("reason"))
+            })
+            .collect()
+    }
+}
+
+/// The database of a relay started on the file `db`, on this binary's
+/// backend (on PostgreSQL, the database standing for that file).
+fn stored_db(db: &std::path::Path) -> StoredDb {
+    if on_postgres() {
+        StoredDb::Postgres(postgres_url_for(db))
+    } else {
+        StoredDb::Sqlite(rusqlite::Connection::open(db).unwrap())
     }
 }
 
@@ -121,16 +144,14 @@ impl Run {
 async fn sync(local: &Side, remote: &str, filter: &Value, args: &[&str]) -> Run {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&local.config)
+        local
+            .command()
             .arg("sync")
             .arg(remote)
             .arg("--filter")
             .arg(filter.to_string())
             .args(args)
             .arg("--json")
-            .env("NOSTR_RELAYD_DB", &local.db)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -333,12 +354,9 @@ async fn up_leaves_private_and_protected_events_here() {
     assert_eq!(run.count("kept_back"), 2, "{}", run.report);
     assert_eq!(run.count("downloaded"), 0);
     assert_eq!(remote.ids(filter.clone()).await, ids_of(&events));
-    let conn = rusqlite::Connection::open(&remote.db).unwrap();
-    let dms: i64 = conn
-        .query_row("SELECT count(*) FROM event WHERE kind = 4", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let dms = remote
+        .stored()
+        .integer("SELECT count(*) FROM event WHERE kind = 4");
     assert_eq!(dms, 0, "a private kind left the relay");
 
     // Up by REQ pages: only what was committed since is offered.
@@ -550,15 +568,14 @@ async fn an_interrupted_sync_resumes() {
         assert_eq!(local.ids(filter.clone()).await.len(), 50);
         if !args.is_empty() {
             // The walk's place was kept.
-            let conn = rusqlite::Connection::open(&local.db).unwrap();
-            let (top, cursor): (Option<i64>, Option<i64>) = conn
-                .query_row(
-                    "SELECT walk_top, walk_cursor FROM sync_checkpoint WHERE direction = 'down'",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .unwrap();
-            assert!(top.is_some() && cursor.is_some(), "{top:?} {cursor:?}");
+            let db = local.stored();
+            let column = |name: &str| {
+                db.value(&format!(
+                    "SELECT {name} FROM sync_checkpoint WHERE direction = 'down'"
+                ))
+            };
+            let (top, cursor) = (column("walk_top"), column("walk_cursor"));
+            assert!(!top.is_empty() && !cursor.is_empty(), "{top:?} {cursor:?}");
         }
         let second = sync(&local, remote.url(), &filter, args).await;
         assert_eq!(second.code, 0, "{}", second.stderr);
@@ -765,16 +782,14 @@ async fn stream_mirrors_the_remote_and_reconnects() {
     let local = Side::start("").await;
     let keys = Keys::generate();
     let filter = authors(&keys);
-    let child = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&local.config)
+    let child = local
+        .command()
         .arg("sync")
         .arg(&remote.url)
         .arg("--filter")
         .arg(filter.to_string())
         .arg("--stream")
         .arg("--json")
-        .env("NOSTR_RELAYD_DB", &local.db)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -845,11 +860,8 @@ async fn restart(
     db: &std::path::Path,
     addr: std::net::SocketAddr,
 ) -> Restarted {
-    let child = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(config)
+    let child = relayd(config, db)
         .env("NOSTR_RELAYD_LISTEN", addr.to_string())
-        .env("NOSTR_RELAYD_DB", db)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -879,11 +891,9 @@ impl Drop for Restarted {
 async fn bad_arguments_are_refused_clearly() {
     let local = Side::start("").await;
     for (filter, expected) in [(r#"{"limit":5}"#, "limit"), ("not json", "not JSON")] {
-        let output = tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&local.config)
+        let output = local
+            .command()
             .args(["sync", local.url(), "--filter", filter])
-            .env("NOSTR_RELAYD_DB", &local.db)
             .output()
             .await
             .unwrap();
@@ -891,11 +901,9 @@ async fn bad_arguments_are_refused_clearly() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{stderr}");
     }
-    let output = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&local.config)
+    let output = local
+        .command()
         .args(["sync", "https://example.com", "--filter", "{}"])
-        .env("NOSTR_RELAYD_DB", &local.db)
         .output()
         .await
         .unwrap();
@@ -909,11 +917,9 @@ async fn wss_is_spoken_with_tls() {
     let local = Side::start("").await;
     let remote = Side::start("").await;
     let url = remote.url().replace("ws://", "wss://");
-    let output = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&local.config)
+    let output = local
+        .command()
         .args(["sync", &url, "--filter", "{}", "--timeout", "5"])
-        .env("NOSTR_RELAYD_DB", &local.db)
         .output()
         .await
         .unwrap();

@@ -186,8 +186,8 @@ impl Store {
         }
     }
 
-    /// The SQLite backend, for the tools that work on the file itself
-    /// (backup, vacuum, sync's bookkeeping).
+    /// The SQLite backend, for the callers that open connections of their
+    /// own on its file (the ingester's checkers, the access-list watcher).
     pub fn sqlite(&self) -> Option<&SqliteStore> {
         match &self.backend {
             Backend::Sqlite(sqlite) => Some(sqlite),

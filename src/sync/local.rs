@@ -1,20 +1,30 @@
 //! The local side of a sync: this relay's database, opened directly, as
-//! `nostr-relayd admin` does, while the relay itself may be running on it.
+//! `nostr-relayd admin` does, while the relay itself may be running on it,
+//! on either backend.
 //!
 //! Events are written through a [`Store`] opened in this process (its own
-//! writer thread), so they get exactly the relay's insertion rules:
-//! replacement, NIP-09 deletion, NIP-62 vanish, NIP-40 expiry, one version
-//! per address. SQLite serializes this writer and the relay's (WAL,
-//! `BEGIN IMMEDIATE`, busy timeout). A running relay serves the synced
-//! events to every later REQ; its live subscribers do not see them (its
-//! fan-out only sees its own commits).
+//! writer), so they get exactly the relay's insertion rules: replacement,
+//! NIP-09 deletion, NIP-62 vanish, NIP-40 expiry, one version per address.
+//! SQLite serializes this writer and the relay's (WAL, `BEGIN IMMEDIATE`,
+//! busy timeout); on PostgreSQL this writer takes the advisory locks every
+//! node's writer takes. A running relay serves the synced events to every
+//! later REQ; its live subscribers do not see them (its fan-out only sees
+//! its own commits; a cluster node's, what NATS carries).
+//!
+//! The bookkeeping (`sync_checkpoint`, `sync_refused`) and the look-ups by
+//! id and by sequence are SQL on a connection of this module's own with
+//! SQLite, and `PgStore` methods (`store/postgres/sync.rs`) with
+//! PostgreSQL. There `seq` is not commit order, so [`Local::max_seq`] and
+//! [`Local::events_after`] keep to a settled bound (see
+//! `PgStore::settled_seq`).
 //!
 //! Before the writer, every downloaded event goes through the checks an
 //! incoming EVENT gets that are about the event itself: the id hash, a
 //! NIP-62 request naming this relay, the bans (banned events and pubkeys,
 //! disallowed kinds), NIP-70, then `ingest::check` (duplicate, NIP-09
 //! tombstone, NIP-62 vanish, kinds 22242 and 13, reposts of protected
-//! events, NIP-40 expiration, the Schnorr signature). Network policy is
+//! events, NIP-40 expiration, the Schnorr signature; on PostgreSQL
+//! `ingest::check_in_store`, the relay's own path). Network policy is
 //! not applied: created_at window, proof of work, size limits, rate limits,
 //! allow lists, the write plugin (the operator chose the remote and the
 //! filter).
@@ -28,12 +38,13 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::access::{AccessLists, Seed};
-use crate::config::{Config, Limits};
-use crate::ingest::{self, names_this_relay};
+use crate::config::{Backend, Config, Limits};
+use crate::ingest::{self, Verdict, names_this_relay};
 use crate::nostr::{CanonicalEvent, Event, Filter, KindClass, kind};
 use crate::policy::WritePolicy;
 use crate::privacy::Readers;
 use crate::store::negentropy::NegItems;
+use crate::store::postgres::PgStore;
 use crate::store::{
     self, QueryLimits, Store, StoreError, StoreOptions, WriteOutcome, lists, unix_now,
 };
@@ -129,10 +140,22 @@ struct Bans {
     denied_kinds: BTreeSet<u16>,
 }
 
+/// How sync's own SQL reaches the database, beside the [`Store`].
+enum Db {
+    /// A connection of its own (the store's are on its threads).
+    Sqlite(Connection),
+    /// The store's readers (`PgStore`'s sync methods).
+    Postgres {
+        /// The newest settled bound read so far (see [`Local::max_seq`]):
+        /// [`Local::events_after`] reads no row above it.
+        settled: Option<i64>,
+    },
+}
+
 /// This relay's database, for one sync with one remote.
 pub struct Local {
     store: Store,
-    conn: Connection,
+    db: Db,
     /// The remote's normalized URL: the key of its refusals and checkpoints.
     remote: String,
     policy: WritePolicy,
@@ -148,26 +171,50 @@ pub struct Local {
 /// Largest list bound into one `IN rarray(?)` statement.
 const CHUNK: usize = 1000;
 
+/// How long [`Local::max_seq`] waits on PostgreSQL for the writers'
+/// transactions that may hold events below its bound.
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
 impl Local {
     /// Opens the database (creating and migrating it if needed) with a
-    /// writer thread of its own, and loads the bans and this remote's
-    /// refusals.
-    pub fn open(config: &Config, remote: &str) -> Result<Local, String> {
-        let options = StoreOptions {
-            durability: config.storage.durability,
-            max_database_bytes: config.storage.max_database_bytes,
-            reader_threads: 1,
-            max_write_batch: config.storage.max_write_batch,
-            // Reading a large filter's records is one long query.
-            query_timeout: Duration::from_secs(600),
+    /// writer of its own, and loads the bans and this remote's refusals.
+    /// With PostgreSQL the writer and readers run on the caller's runtime.
+    pub async fn open(config: &Config, remote: &str) -> Result<Local, String> {
+        // Reading a large filter's records is one long query.
+        let query_timeout = Duration::from_secs(600);
+        let cannot_open =
+            |e: StoreError| format!("cannot open the {}: {e}", config.database_label());
+        let (store, db, stored) = match config.storage.backend {
+            Backend::Sqlite => {
+                let options = StoreOptions {
+                    durability: config.storage.durability,
+                    max_database_bytes: config.storage.max_database_bytes,
+                    reader_threads: 1,
+                    max_write_batch: config.storage.max_write_batch,
+                    query_timeout,
+                };
+                let path = &config.database;
+                let store = Store::open(path, &options, Box::new(|_| {})).map_err(cannot_open)?;
+                let conn = store::open_connection(path, config.storage.durability, false)
+                    .map_err(cannot_open)?;
+                let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
+                (store, Db::Sqlite(conn), stored)
+            }
+            Backend::Postgres => {
+                let options = store::postgres::PgOptions {
+                    pool_size: 2,
+                    query_timeout,
+                    ..store::postgres_options(config)
+                };
+                // No commit hook: nobody here subscribes.
+                let store = Store::open_postgres(&options, Box::new(|_| {}))
+                    .await
+                    .map_err(cannot_open)?;
+                let stored = store.lists().await.map_err(|e| e.to_string())?;
+                (store, Db::Postgres { settled: None }, stored)
+            }
         };
-        let path = &config.database;
-        let store = Store::open(path, &options, Box::new(|_| {}))
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let conn = store::open_connection(path, config.storage.durability, false)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let seed = Seed::from_config(&config.access)?;
-        let stored = lists::load(&conn).map_err(|e| StoreError::from(e).to_string())?;
         let lists = AccessLists::build(config, &seed, stored);
         let bans = Bans {
             events: lists.banned_events.keys().copied().collect(),
@@ -185,7 +232,7 @@ impl Local {
         });
         let mut local = Local {
             store,
-            conn,
+            db,
             remote: remote.to_owned(),
             policy,
             bans,
@@ -194,9 +241,16 @@ impl Local {
             refused_down: HashSet::new(),
             refused_up: HashSet::new(),
         };
-        local.refused_down = local.refused_ids(Direction::Down).map_err(sql_error)?;
-        local.refused_up = local.refused_ids(Direction::Up).map_err(sql_error)?;
+        local.refused_down = local.refused_ids(Direction::Down).await?;
+        local.refused_up = local.refused_ids(Direction::Up).await?;
         Ok(local)
+    }
+
+    /// The PostgreSQL store behind [`Db::Postgres`].
+    fn pg(&self) -> Result<&PgStore, String> {
+        self.store
+            .postgres()
+            .ok_or_else(|| "the store is not the PostgreSQL one".to_owned())
     }
 
     /// Lets the writer finish, then stops it.
@@ -217,29 +271,48 @@ impl Local {
         }
     }
 
-    fn refused_ids(&self, direction: Direction) -> rusqlite::Result<HashSet<[u8; 32]>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM sync_refused WHERE remote = ?1 AND direction = ?2")?;
-        let rows = stmt.query_map(params![self.remote, direction.as_str()], |row| {
-            row.get::<_, Vec<u8>>(0)
-        })?;
-        let mut ids = HashSet::new();
-        for row in rows {
-            if let Ok(id) = <[u8; 32]>::try_from(row?.as_slice()) {
-                ids.insert(id);
+    async fn refused_ids(&self, direction: Direction) -> Result<HashSet<[u8; 32]>, String> {
+        let conn = match &self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { .. } => {
+                return self
+                    .pg()?
+                    .sync_refused_ids(&self.remote, direction)
+                    .await
+                    .map_err(|e| e.to_string());
             }
-        }
-        Ok(ids)
+        };
+        blocking(|| -> rusqlite::Result<HashSet<[u8; 32]>> {
+            let mut stmt =
+                conn.prepare("SELECT id FROM sync_refused WHERE remote = ?1 AND direction = ?2")?;
+            let rows = stmt.query_map(params![self.remote, direction.as_str()], |row| {
+                row.get::<_, Vec<u8>>(0)
+            })?;
+            let mut ids = HashSet::new();
+            for row in rows {
+                if let Ok(id) = <[u8; 32]>::try_from(row?.as_slice()) {
+                    ids.insert(id);
+                }
+            }
+            Ok(ids)
+        })
+        .map_err(sql_error)
     }
 
     /// Forgets every refusal recorded for this remote (`--retry-refused`).
-    pub fn clear_refused(&mut self) -> Result<usize, String> {
-        let removed = blocking(|| {
-            self.conn
-                .execute("DELETE FROM sync_refused WHERE remote = ?1", [&self.remote])
-        })
-        .map_err(sql_error)?;
+    pub async fn clear_refused(&mut self) -> Result<u64, String> {
+        let removed = match &self.db {
+            Db::Sqlite(conn) => blocking(|| {
+                conn.execute("DELETE FROM sync_refused WHERE remote = ?1", [&self.remote])
+            })
+            .map(|n| n as u64)
+            .map_err(sql_error)?,
+            Db::Postgres { .. } => self
+                .pg()?
+                .sync_clear_refused(&self.remote)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
         self.refused_down.clear();
         self.refused_up.clear();
         Ok(removed)
@@ -247,30 +320,38 @@ impl Local {
 
     /// Records a refusal, so that later runs treat the id as had (down) or
     /// as not to be offered again (up).
-    pub fn record_refused(
+    pub async fn record_refused(
         &mut self,
         item: &Item,
         direction: Direction,
         reason: &str,
     ) -> Result<(), String> {
-        blocking(|| {
-            self.conn.execute(
-                "INSERT OR REPLACE INTO sync_refused
-                     (remote, id, direction, created_at, pubkey, kind, reason, refused_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    self.remote,
-                    &item.id[..],
-                    direction.as_str(),
-                    item.created_at,
-                    item.pubkey.map(|p| p.to_vec()),
-                    item.kind,
-                    reason,
-                    unix_now()
-                ],
-            )
-        })
-        .map_err(sql_error)?;
+        match &self.db {
+            Db::Sqlite(conn) => blocking(|| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO sync_refused
+                         (remote, id, direction, created_at, pubkey, kind, reason, refused_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        self.remote,
+                        &item.id[..],
+                        direction.as_str(),
+                        item.created_at,
+                        item.pubkey.map(|p| p.to_vec()),
+                        item.kind,
+                        reason,
+                        unix_now()
+                    ],
+                )
+            })
+            .map(|_| ())
+            .map_err(sql_error)?,
+            Db::Postgres { .. } => self
+                .pg()?
+                .sync_record_refused(&self.remote, item, direction, reason, unix_now())
+                .await
+                .map_err(|e| e.to_string())?,
+        }
         match direction {
             Direction::Down => self.refused_down.insert(item.id),
             Direction::Up => self.refused_up.insert(item.id),
@@ -280,9 +361,21 @@ impl Local {
 
     /// `(created_at, id)` of the refusals (down) that may match `filter`:
     /// part of the negentropy set, so the remote does not offer them again.
-    pub fn refused_items(&self, filter: &Filter) -> Result<Vec<Item>, String> {
+    pub async fn refused_items(&self, filter: &Filter) -> Result<Vec<Item>, String> {
+        let conn = match &self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { .. } => {
+                let mut items = self
+                    .pg()?
+                    .sync_refused_down(&self.remote)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                items.retain(|item| item.may_match(filter));
+                return Ok(items);
+            }
+        };
         blocking(|| -> rusqlite::Result<Vec<Item>> {
-            let mut stmt = self.conn.prepare(
+            let mut stmt = conn.prepare(
                 "SELECT id, created_at, pubkey, kind FROM sync_refused
                  WHERE remote = ?1 AND direction = 'down'",
             )?;
@@ -361,10 +454,21 @@ impl Local {
     }
 
     /// The stored JSON of those of `ids` stored here and not expired.
-    pub fn events_by_ids(&self, ids: &[[u8; 32]]) -> Result<Vec<(Event, String)>, String> {
+    pub async fn events_by_ids(&self, ids: &[[u8; 32]]) -> Result<Vec<(Event, String)>, String> {
         let now = unix_now();
+        let conn = match &self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { .. } => {
+                let found = self
+                    .pg()?
+                    .sync_events_by_ids(ids, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(found.into_iter().filter_map(parse_stored).collect());
+            }
+        };
         blocking(|| -> rusqlite::Result<Vec<(Event, String)>> {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(
                 "SELECT json FROM event WHERE id IN rarray(?1)
                  AND (expires_at IS NULL OR expires_at > ?2)",
             )?;
@@ -383,11 +487,19 @@ impl Local {
     }
 
     /// Those of `ids` stored here now.
-    pub fn existing(&self, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, String> {
+    pub async fn existing(&self, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, String> {
+        let conn = match &self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { .. } => {
+                return self
+                    .pg()?
+                    .sync_existing(ids)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+        };
         blocking(|| -> rusqlite::Result<HashSet<[u8; 32]>> {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT id FROM event WHERE id IN rarray(?1)")?;
+            let mut stmt = conn.prepare_cached("SELECT id FROM event WHERE id IN rarray(?1)")?;
             let mut found = HashSet::new();
             for chunk in ids.chunks(CHUNK) {
                 let rows = stmt.query_map([blob_list(chunk)], |row| row.get::<_, Vec<u8>>(0))?;
@@ -403,10 +515,28 @@ impl Local {
     }
 
     /// The newest commit number: every event committed so far has one at
-    /// or below it.
-    pub fn max_seq(&self) -> Result<i64, String> {
+    /// or below it, and no event will ever be committed at or below it
+    /// later. SQLite: its last seq (one writer, commit order). PostgreSQL:
+    /// the settled bound (`PgStore::settled_seq`: the sequence's last
+    /// value, once every transaction that may hold a number up to it has
+    /// ended), waiting at most [`SETTLE_WAIT`].
+    pub async fn max_seq(&mut self) -> Result<i64, String> {
+        let conn = match &mut self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { settled } => {
+                let bound = self
+                    .store
+                    .postgres()
+                    .ok_or("the store is not the PostgreSQL one")?
+                    .settled_seq(SETTLE_WAIT)
+                    .await
+                    .map_err(|e| format!("reading the newest settled sequence: {e}"))?;
+                *settled = Some(settled.map_or(bound, |old| old.max(bound)));
+                return Ok(bound);
+            }
+        };
         blocking(|| {
-            self.conn.query_row(
+            conn.query_row(
                 "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event'), 0)",
                 [],
                 |row| row.get(0),
@@ -417,16 +547,37 @@ impl Local {
 
     /// Up to `limit` events committed after `seq`, in commit order, each
     /// with its seq; `None` for an expired one (it still moves the cursor).
+    /// On PostgreSQL, in seq order up to the settled bound only (read
+    /// again, see [`Local::max_seq`], once `seq` reached it): a cursor
+    /// never passes a row that may still appear below it.
     #[allow(clippy::type_complexity)]
-    pub fn events_after(
-        &self,
+    pub async fn events_after(
+        &mut self,
         seq: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Option<(Event, String)>)>, String> {
         let now = unix_now();
+        if let Db::Postgres { settled } = self.db {
+            let through = match settled {
+                Some(bound) if seq < bound => bound,
+                _ => self.max_seq().await?,
+            };
+            let rows = self
+                .pg()?
+                .sync_events_after(seq, through, limit, now)
+                .await
+                .map_err(|e| format!("reading the local events: {e}"))?;
+            return Ok(rows
+                .into_iter()
+                .map(|(seq, json)| (seq, json.and_then(parse_stored)))
+                .collect());
+        }
+        let Db::Sqlite(conn) = &self.db else {
+            return Err("the store is not the SQLite one".into());
+        };
         blocking(
             || -> rusqlite::Result<Vec<(i64, Option<(Event, String)>)>> {
-                let mut stmt = self.conn.prepare_cached(
+                let mut stmt = conn.prepare_cached(
                     "SELECT seq, json, expires_at FROM event WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?;
                 let rows = stmt.query_map(params![seq, limit as i64], |row| {
@@ -443,38 +594,69 @@ impl Local {
     }
 
     /// Reads a checkpoint (all empty when there is none).
-    pub fn checkpoint(&self, filter_key: &str, direction: Direction) -> Result<Checkpoint, String> {
+    pub async fn checkpoint(
+        &self,
+        filter_key: &str,
+        direction: Direction,
+    ) -> Result<Checkpoint, String> {
+        let conn = match &self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { .. } => {
+                return self
+                    .pg()?
+                    .sync_checkpoint(&self.remote, filter_key, direction)
+                    .await
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| e.to_string());
+            }
+        };
         blocking(|| {
-            self.conn
-                .query_row(
-                    "SELECT synced_through, local_seq, walk_top, walk_cursor FROM sync_checkpoint
+            conn.query_row(
+                "SELECT synced_through, local_seq, walk_top, walk_cursor FROM sync_checkpoint
                      WHERE remote = ?1 AND filter = ?2 AND direction = ?3",
-                    params![self.remote, filter_key, direction.as_str()],
-                    |row| {
-                        Ok(Checkpoint {
-                            synced_through: row.get(0)?,
-                            local_seq: row.get(1)?,
-                            walk_top: row.get(2)?,
-                            walk_cursor: row.get(3)?,
-                        })
-                    },
-                )
-                .optional()
+                params![self.remote, filter_key, direction.as_str()],
+                |row| {
+                    Ok(Checkpoint {
+                        synced_through: row.get(0)?,
+                        local_seq: row.get(1)?,
+                        walk_top: row.get(2)?,
+                        walk_cursor: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
         })
         .map(Option::unwrap_or_default)
         .map_err(sql_error)
     }
 
     /// Writes a checkpoint.
-    pub fn save_checkpoint(
+    pub async fn save_checkpoint(
         &self,
         filter_key: &str,
         direction: Direction,
         method: &str,
         checkpoint: &Checkpoint,
     ) -> Result<(), String> {
+        let conn = match &self.db {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres { .. } => {
+                return self
+                    .pg()?
+                    .sync_save_checkpoint(
+                        &self.remote,
+                        filter_key,
+                        direction,
+                        method,
+                        checkpoint,
+                        unix_now(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+        };
         blocking(|| {
-            self.conn.execute(
+            conn.execute(
                 "INSERT OR REPLACE INTO sync_checkpoint (remote, filter, direction, method,
                      synced_through, local_seq, walk_top, walk_cursor, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -503,7 +685,7 @@ impl Local {
         let mut answers = Vec::with_capacity(events.len());
         let mut checked = Vec::new();
         for event in events {
-            match blocking(|| self.check(&event, now))? {
+            match self.check(&event, now).await? {
                 Some(answer) => answers.push((Item::of(&event), answer)),
                 None => checked.push(event),
             }
@@ -533,14 +715,14 @@ impl Local {
         }
         for (item, answer) in &answers {
             if let Accepted::Refused(reason) = answer {
-                self.record_refused(item, Direction::Down, reason)?;
+                self.record_refused(item, Direction::Down, reason).await?;
             }
         }
         Ok(answers)
     }
 
     /// The checks before the writer; `Ok(None)`: may be written.
-    fn check(&self, event: &Event, now: i64) -> Result<Option<Accepted>, String> {
+    async fn check(&self, event: &Event, now: i64) -> Result<Option<Accepted>, String> {
         if self.refused_down.contains(&event.id) {
             return Ok(Some(Accepted::RefusedBefore));
         }
@@ -569,7 +751,13 @@ impl Local {
                 "restricted: a protected event (NIP-70) is stored only when its author publishes it",
             );
         }
-        match ingest::check(&self.conn, event, false, &self.policy, now) {
+        let verdict: Option<Verdict> = match &self.db {
+            Db::Sqlite(conn) => blocking(|| ingest::check(conn, event, false, &self.policy, now)),
+            Db::Postgres { .. } => {
+                ingest::check_in_store(&self.store, event, false, &self.policy, now).await
+            }
+        };
+        match verdict {
             None => Ok(None),
             Some(verdict) if verdict.accepted => Ok(Some(Accepted::Had)),
             Some(verdict) if verdict.reason.starts_with("error:") => {

@@ -330,7 +330,7 @@ async fn run_async(config: &Config, args: &SyncArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let local = match Local::open(config, &remote_key) {
+    let local = match Local::open(config, &remote_key).await {
         Ok(local) => local,
         Err(error) => {
             eprintln!("error: {error}");
@@ -371,7 +371,7 @@ async fn run_async(config: &Config, args: &SyncArgs) -> ExitCode {
             _ = wait_for_signal() => Err(Stop::Interrupted),
         }
     };
-    let settled = sync.settle();
+    let settled = sync.settle().await;
     sync.progress.finish();
     sync.local.close();
     let streaming = args.stream || args.stream_only;
@@ -405,7 +405,7 @@ async fn run_async(config: &Config, args: &SyncArgs) -> ExitCode {
 impl Sync {
     async fn run(&mut self) -> Result<(), Stop> {
         if self.args.retry_refused {
-            let removed = self.local.clear_refused()?;
+            let removed = self.local.clear_refused().await?;
             tracing::info!(removed, "forgot the refusals recorded for this remote");
         }
         let stream_since = unix_now() - stream::OVERLAP_SECONDS;
@@ -525,13 +525,13 @@ impl Sync {
     /// now was replaced or deleted here by another event (of this run, or
     /// of the relay's clients): recorded as refused, since the relay would
     /// refuse it now, so that it is not a difference next time.
-    fn settle(&mut self) -> Result<(), String> {
+    async fn settle(&mut self) -> Result<(), String> {
         let touched = std::mem::take(&mut self.touched);
         if touched.is_empty() {
             return Ok(());
         }
         let ids: Vec<[u8; 32]> = touched.iter().map(|item| item.id).collect();
-        let existing = self.local.existing(&ids)?;
+        let existing = self.local.existing(&ids).await?;
         let mut recorded = HashSet::new();
         for item in &touched {
             if existing.contains(&item.id)
@@ -540,11 +540,13 @@ impl Sync {
             {
                 continue;
             }
-            self.local.record_refused(
-                item,
-                Direction::Down,
-                "blocked: removed here after it was stored (replaced, deleted or expired)",
-            )?;
+            self.local
+                .record_refused(
+                    item,
+                    Direction::Down,
+                    "blocked: removed here after it was stored (replaced, deleted or expired)",
+                )
+                .await?;
             self.report.removed_here += 1;
         }
         Ok(())
@@ -664,7 +666,7 @@ mod tests {
             database: dir.path().join("sync.sqlite"),
             ..Config::default()
         };
-        let local = Local::open(&config, "ws://remote.example").unwrap();
+        let local = Local::open(&config, "ws://remote.example").await.unwrap();
         let mut corpus = crate::corpus::Corpus::new(7, 1, unix_now());
         let mut version = |created_at: i64| {
             let (author, mut event) = corpus.next_unsigned();
@@ -697,11 +699,11 @@ mod tests {
         let answers = sync.local.accept(vec![v2.clone()]).await.unwrap();
         assert_eq!(answers[0].1, Accepted::Stored);
         sync.tally(answers);
-        sync.settle().unwrap();
+        sync.settle().await.unwrap();
         assert_eq!(sync.report.removed_here, 1);
         assert!(sync.local.is_refused(&v1.id, Direction::Down));
         assert!(!sync.local.is_refused(&v2.id, Direction::Down));
-        let refused = sync.local.refused_items(&sync.filter).unwrap();
+        let refused = sync.local.refused_items(&sync.filter).await.unwrap();
         assert_eq!(refused.len(), 1);
         assert_eq!((refused[0].id, refused[0].created_at), (v1.id, 1000));
         // Offered again, it is skipped without a look.

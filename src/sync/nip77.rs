@@ -54,10 +54,10 @@ pub enum ReconcileError {
 
 pub async fn run(sync: &mut Sync, remote: &mut Remote) -> Result<Outcome, Stop> {
     let started = unix_now();
-    let seq = sync.local.max_seq()?;
+    let seq = sync.local.max_seq().await?;
     sync.progress.phase("reading local events");
     let local = sync.local.negentropy_items(&sync.filter).await?;
-    let refused = sync.local.refused_items(&sync.filter)?;
+    let refused = sync.local.refused_items(&sync.filter).await?;
     sync.report.have = local.len() as u64;
     sync.progress.update(&sync.report);
     let mut items: Vec<(i64, [u8; 32])> = local.clone();
@@ -116,13 +116,14 @@ pub async fn run(sync: &mut Sync, remote: &mut Remote) -> Result<Outcome, Stop> 
             ..Checkpoint::default()
         };
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Down, "negentropy", &checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Down, "negentropy", &checkpoint)
+            .await?;
     }
     if sync.up() {
         sync.progress.phase("uploading");
         for chunk in have.chunks(sync.id_batch.max(1)) {
             sync.check_budget()?;
-            let events = sync.local.events_by_ids(chunk)?;
+            let events = sync.local.events_by_ids(chunk).await?;
             // Asked for by the set, gone since (replaced, deleted, expired).
             sync.report.kept_back += (chunk.len() - events.len()) as u64;
             upload::offer(sync, remote, events).await?;
@@ -132,7 +133,8 @@ pub async fn run(sync: &mut Sync, remote: &mut Remote) -> Result<Outcome, Stop> 
             ..Checkpoint::default()
         };
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Up, "negentropy", &checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Up, "negentropy", &checkpoint)
+            .await?;
     }
     Ok(Outcome::Done)
 }

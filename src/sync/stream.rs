@@ -90,7 +90,7 @@ async fn follow(sync: &mut Sync, remote: &mut Remote, since: i64) -> Result<Stri
                     sync.tally(answers);
                     // A mirror runs for days: settle as it goes.
                     if sync.touched.len() >= 10_000 {
-                        sync.settle()?;
+                        sync.settle().await?;
                     }
                 }
                 _ => sync.report.ignored += 1,

@@ -94,7 +94,8 @@ pub async fn offer(
                 } else if is_permanent(&reason) {
                     tracing::debug!(id = %id, %reason, "refused by the remote");
                     sync.local
-                        .record_refused(&Item::of(&event), Direction::Up, &reason)?;
+                        .record_refused(&Item::of(&event), Direction::Up, &reason)
+                        .await?;
                     sync.report.refused_by_remote += 1;
                 } else {
                     tracing::warn!(id = %id, %reason, "the remote did not take an event");

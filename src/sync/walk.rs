@@ -38,7 +38,10 @@ const METHOD: &str = "req";
 
 /// Down: the remote's events matching the filter, newest first.
 pub async fn down(sync: &mut Sync, remote: &mut Remote) -> Result<(), Stop> {
-    let mut checkpoint = sync.local.checkpoint(&sync.filter_key, Direction::Down)?;
+    let mut checkpoint = sync
+        .local
+        .checkpoint(&sync.filter_key, Direction::Down)
+        .await?;
     if sync.args.full {
         checkpoint = Checkpoint::default();
     }
@@ -51,20 +54,23 @@ pub async fn down(sync: &mut Sync, remote: &mut Remote) -> Result<(), Stop> {
         checkpoint.walk_top = None;
         checkpoint.walk_cursor = None;
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, &checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, &checkpoint)
+            .await?;
     }
     let floor = checkpoint.synced_through.map(|t| t - OVERLAP_SECONDS);
     let top = unix_now();
     checkpoint.walk_top = Some(top);
     checkpoint.walk_cursor = None;
     sync.local
-        .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, &checkpoint)?;
+        .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, &checkpoint)
+        .await?;
     walk_down(sync, remote, &mut checkpoint, floor).await?;
     checkpoint.synced_through = Some(top);
     checkpoint.walk_top = None;
     checkpoint.walk_cursor = None;
     sync.local
-        .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, &checkpoint)?;
+        .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, &checkpoint)
+        .await?;
     Ok(())
 }
 
@@ -170,14 +176,18 @@ async fn walk_down(
         until = Some(next);
         checkpoint.walk_cursor = Some(next);
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Down, METHOD, checkpoint)
+            .await?;
         sync.progress.update(&sync.report);
     }
 }
 
 /// Up: which local events the remote lacks, published.
 pub async fn up(sync: &mut Sync, remote: &mut Remote) -> Result<(), Stop> {
-    let mut checkpoint = sync.local.checkpoint(&sync.filter_key, Direction::Up)?;
+    let mut checkpoint = sync
+        .local
+        .checkpoint(&sync.filter_key, Direction::Up)
+        .await?;
     if sync.args.full {
         checkpoint = Checkpoint::default();
     }
@@ -185,24 +195,26 @@ pub async fn up(sync: &mut Sync, remote: &mut Remote) -> Result<(), Stop> {
         // The first time: every local event, by created_at, resumable.
         let top = match checkpoint.walk_top {
             Some(top) => top,
-            None => sync.local.max_seq()?,
+            None => sync.local.max_seq().await?,
         };
         checkpoint.walk_top = Some(top);
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, &checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, &checkpoint)
+            .await?;
         walk_local(sync, remote, &mut checkpoint).await?;
         checkpoint.local_seq = Some(top);
         checkpoint.walk_top = None;
         checkpoint.walk_cursor = None;
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, &checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, &checkpoint)
+            .await?;
     }
     // Then what was committed here since, in commit order.
     sync.progress.phase("offering new local events");
     let mut seq = checkpoint.local_seq.unwrap_or(0);
     loop {
         sync.check_budget()?;
-        let rows = sync.local.events_after(seq, sync.id_batch.max(1))?;
+        let rows = sync.local.events_after(seq, sync.id_batch.max(1)).await?;
         let Some(last) = rows.last().map(|(seq, _)| *seq) else {
             return Ok(());
         };
@@ -216,7 +228,8 @@ pub async fn up(sync: &mut Sync, remote: &mut Remote) -> Result<(), Stop> {
         seq = last;
         checkpoint.local_seq = Some(seq);
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, &checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, &checkpoint)
+            .await?;
     }
 }
 
@@ -264,7 +277,8 @@ async fn walk_local(
         until = Some(oldest);
         checkpoint.walk_cursor = until;
         sync.local
-            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, checkpoint)?;
+            .save_checkpoint(&sync.filter_key, Direction::Up, METHOD, checkpoint)
+            .await?;
         sync.progress.update(&sync.report);
     }
 }

@@ -7,7 +7,8 @@
 //! transaction-scoped advisory locks making replacement, deletion and
 //! vanish atomic across nodes. The schema and its migrations are in
 //! `schema.rs`, the access lists in `lists.rs`; the read side (query,
-//! count, search, negentropy, export) lives in modules of its own.
+//! count, search, negentropy, export) lives in modules of its own, and so
+//! does `nostr-relayd sync`'s bookkeeping (`sync.rs`).
 //!
 //! Every PostgreSQL error becomes a [`StoreError`] here, in one place.
 
@@ -19,6 +20,7 @@ mod query;
 mod retention;
 mod schema;
 mod search;
+mod sync;
 mod writer;
 
 use std::sync::{Arc, Mutex};

@@ -525,6 +525,9 @@ async fn apply_batch(
     }
     let mut tx = client.transaction().await?;
     take_locks(&tx, &locks).await?;
+    // This row lock also gives the transaction its id before any `nextval`
+    // of `event.seq`: `sync`'s settled bound (postgres/sync.rs,
+    // `settled_seq`) relies on it. Keep it before the first insert.
     let last: i64 = tx
         .query_one(
             "SELECT last_seq FROM node_sequence WHERE node = $1 FOR UPDATE",
