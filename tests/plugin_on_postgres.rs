@@ -1,0 +1,6 @@
+//! The plugin.rs suite on the PostgreSQL backend: the same tests, with every
+//! relay on a fresh database of a throwaway PostgreSQL cluster
+//! (tests/common/mod.rs picks the backend from this target's name).
+
+#[path = "plugin.rs"]
+mod suite;
