@@ -798,3 +798,43 @@ async fn an_import_beside_a_running_relay_is_served_but_not_fanned_out() {
     assert!(export.success(), "{}", export.stderr);
     assert_eq!(export.events().len(), 520, "{}", export.stderr);
 }
+
+/// A ban promises "never stored again": an import keeps it without
+/// --apply-policy too, whether the ban is in relay.toml or made with the
+/// admin CLI.
+#[test]
+fn bans_are_kept_without_apply_policy() {
+    let alice = Keys::generate();
+    let mallory = Keys::generate();
+    let config = format!(
+        "[access]\ndenied_pubkeys = [\"{}\"]\n",
+        mallory.public_key().to_hex()
+    );
+    let database = Database::new(&config);
+    let banned = event(&alice, 1, "banned later", &[], now() - 20);
+    let ham = event(&alice, 1, "ham", &[], now() - 10);
+    let spam = event(&mallory, 1, "spam", &[], now() - 10);
+    let dump: String = [&spam, &ham, &banned]
+        .iter()
+        .map(|e| format!("{}\n", e.as_json()))
+        .collect();
+    let run = database.import(&dump, &[]);
+    assert!(run.success(), "{}", run.stderr);
+    assert_eq!(
+        run.reports(),
+        ["line 1: blocked: this pubkey is banned on this relay"]
+    );
+    assert_eq!(database.export(&[]).ids(), [id(&ham), id(&banned)]);
+    let run = database.run(&["admin", "ban-event", &id(&banned)], b"");
+    assert!(run.success(), "{}", run.stderr);
+    assert_eq!(database.export(&[]).ids(), [id(&ham)]);
+    let run = database.import(&dump, &[]);
+    assert_eq!(
+        run.reports(),
+        [
+            "line 1: blocked: this pubkey is banned on this relay",
+            "line 3: blocked: this event is banned on this relay"
+        ]
+    );
+    assert_eq!(database.export(&[]).ids(), [id(&ham)]);
+}

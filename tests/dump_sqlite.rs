@@ -1,7 +1,6 @@
 //! `nostr-relayd import` and `export` against what only a SQLite file can
-//! be: a file that is not a database, a file capped by
-//! `storage.max_database_bytes`, and a ban made with `nostr-relayd admin`
-//! (which works on the file). dump.rs holds the semantics, run on both
+//! be: a file that is not a database, and a file capped by
+//! `storage.max_database_bytes`. dump.rs holds the semantics, run on both
 //! backends.
 
 mod common;
@@ -59,69 +58,6 @@ impl Database {
             String::from_utf8(output.stderr).expect("stderr is UTF-8"),
         )
     }
-}
-
-/// The `line N: reason` reports of an import's stderr.
-fn reports(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("line ")).collect()
-}
-
-/// The ids of an export's lines, in order.
-fn ids(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            value["id"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
-fn jsonl(events: &[&Event]) -> String {
-    events
-        .iter()
-        .map(|e| format!("{}\n", e.as_json()))
-        .collect()
-}
-
-/// A ban promises "never stored again": an import keeps it without
-/// --apply-policy too, whether the ban is in relay.toml or made with the
-/// admin CLI.
-#[test]
-fn bans_are_kept_without_apply_policy() {
-    let alice = Keys::generate();
-    let mallory = Keys::generate();
-    let config = format!(
-        "[access]\ndenied_pubkeys = [\"{}\"]\n",
-        mallory.public_key().to_hex()
-    );
-    let database = Database::new(&config);
-    let banned = event(&alice, 1, "banned later", &[], now() - 20);
-    let ham = event(&alice, 1, "ham", &[], now() - 10);
-    let spam = event(&mallory, 1, "spam", &[], now() - 10);
-    let dump = jsonl(&[&spam, &ham, &banned]);
-    let (code, _, stderr) = database.run(&["import"], &dump);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        reports(&stderr),
-        ["line 1: blocked: this pubkey is banned on this relay"]
-    );
-    let (_, stdout, _) = database.run(&["export"], "");
-    assert_eq!(ids(&stdout), [ham.id.to_hex(), banned.id.to_hex()]);
-    let (code, _, stderr) = database.run(&["admin", "ban-event", &banned.id.to_hex()], "");
-    assert_eq!(code, Some(0), "{stderr}");
-    let (_, stdout, _) = database.run(&["export"], "");
-    assert_eq!(ids(&stdout), [ham.id.to_hex()]);
-    let (_, _, stderr) = database.run(&["import"], &dump);
-    assert_eq!(
-        reports(&stderr),
-        [
-            "line 1: blocked: this pubkey is banned on this relay",
-            "line 3: blocked: this event is banned on this relay"
-        ]
-    );
-    let (_, stdout, _) = database.run(&["export"], "");
-    assert_eq!(ids(&stdout), [ham.id.to_hex()]);
 }
 
 #[test]
