@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::services::Postgres;
+use common::{canonical, pg_client as connect};
 use nostr::prelude::*;
-use nostr_relayd::nostr::{CanonicalEvent, Event as RelayEvent};
 use nostr_relayd::store::lists::Edit;
 use nostr_relayd::store::postgres::{PgOptions, PgStore};
 use nostr_relayd::store::{Freshness, WriteOutcome};
@@ -34,22 +34,6 @@ async fn open(url: &str, node: &str) -> PgStore {
 /// A fresh database in the shared throwaway cluster.
 fn database() -> String {
     Postgres::shared().create_database()
-}
-
-/// A direct connection, to look at what is stored.
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
-}
-
-fn canonical(event: &Event) -> Arc<CanonicalEvent> {
-    let value: serde_json::Value = serde_json::from_str(&event.as_json()).unwrap();
-    Arc::new(CanonicalEvent::new(
-        RelayEvent::from_value(&value).expect("a valid event"),
-    ))
 }
 
 fn signed(keys: &Keys, kind: u16, content: &str, tags: &[&[&str]], created_at: u64) -> Event {

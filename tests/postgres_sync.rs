@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::services::Postgres;
+use common::{canonical, pg_client as connect};
 use nostr::prelude::*;
 use nostr_relayd::Config;
 use nostr_relayd::config::Backend;
-use nostr_relayd::nostr::{CanonicalEvent, Event as RelayEvent};
 use nostr_relayd::store::WriteOutcome;
 use nostr_relayd::store::postgres::{PgOptions, PgStore};
 use nostr_relayd::sync::local::Local;
@@ -35,21 +35,6 @@ async fn open(url: &str, node: &str) -> Arc<PgStore> {
             .await
             .unwrap_or_else(|e| panic!("open node {node}: {e}")),
     )
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
-}
-
-fn canonical(event: &Event) -> Arc<CanonicalEvent> {
-    let value: serde_json::Value = serde_json::from_str(&event.as_json()).unwrap();
-    Arc::new(CanonicalEvent::new(
-        RelayEvent::from_value(&value).expect("a valid event"),
-    ))
 }
 
 fn config(url: &str) -> Config {

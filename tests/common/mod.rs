@@ -625,3 +625,21 @@ pub async fn upgrade_stream(mut stream: TcpStream) -> TcpStream {
     assert!(head.starts_with(b"HTTP/1.1 101"));
     stream
 }
+
+/// A signed event of the `nostr` crate as the relay's own canonical event,
+/// for tests that drive a store directly.
+pub fn canonical(event: &Event) -> std::sync::Arc<nostr_relayd::nostr::CanonicalEvent> {
+    let value: Value = serde_json::from_str(&event.as_json()).unwrap();
+    std::sync::Arc::new(nostr_relayd::nostr::CanonicalEvent::new(
+        nostr_relayd::nostr::Event::from_value(&value).expect("a valid event"),
+    ))
+}
+
+/// A direct PostgreSQL connection, to look at what is stored.
+pub async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
