@@ -14,7 +14,12 @@
 //!
 //! Inside the locks every check reads afresh (READ COMMITTED sees what the
 //! other node committed before it released the lock): tombstone, vanish,
-//! address deletion, the stored version. The batch runs without savepoints
+//! address deletion, the stored version. The reads of the whole batch go
+//! to the server in one flight (tokio-postgres pipelines the statements
+//! of futures polled together), and so do the inserts of the events no
+//! earlier event of the batch touched (`apply_pipelined`): round trips,
+//! not the server, bounded the writer when each event waited for two.
+//! The batch runs without savepoints
 //! (a savepoint per event is a subtransaction, and more than 64 of them in
 //! one transaction slow every snapshot on the server); when one event
 //! fails, the batch is rolled back and run again with a savepoint per
@@ -28,8 +33,11 @@
 //! same transaction, so a failed commit consumes nothing.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -160,12 +168,17 @@ pub(super) async fn probe(
     })
 }
 
-/// The statements the writer runs for every event, prepared once per
-/// connection.
+/// The statements the writer runs for every batch and every event,
+/// prepared once per connection: a statement sent as text costs a second
+/// round trip (parse, then execute) and cannot be pipelined.
 struct Statements {
     probe: Statement,
     insert: Statement,
     delete: Statement,
+    locks: Statement,
+    last_seq: Statement,
+    advance: Statement,
+    search_kinds: Statement,
 }
 
 impl Statements {
@@ -174,6 +187,23 @@ impl Statements {
             probe: client.prepare(PROBE).await?,
             insert: client.prepare(INSERT).await?,
             delete: client.prepare("DELETE FROM event WHERE seq = $1").await?,
+            // unnest returns the array's elements in order, and each row's
+            // lock is taken as it is read.
+            locks: client
+                .prepare(
+                    "SELECT CASE WHEN t.exclusive THEN pg_advisory_xact_lock(t.key)
+                                 ELSE pg_advisory_xact_lock_shared(t.key) END
+                     FROM unnest($1::bigint[], $2::bool[]) WITH ORDINALITY AS t (key, exclusive, n)
+                     ORDER BY t.n",
+                )
+                .await?,
+            last_seq: client
+                .prepare("SELECT last_seq FROM node_sequence WHERE node = $1 FOR UPDATE")
+                .await?,
+            advance: client
+                .prepare("UPDATE node_sequence SET last_seq = $2 WHERE node = $1")
+                .await?,
+            search_kinds: client.prepare("SELECT kind FROM search_kind").await?,
         })
     }
 }
@@ -333,28 +363,23 @@ impl Writer {
         }
     }
 
-    /// Applies the batch: together first, then event by event after a
-    /// failure, and again after a deadlock or serialization failure. The
-    /// outer error means nothing of the batch was stored.
+    /// Applies the batch: pipelined first, then event by event (each in
+    /// a savepoint) after a failure, and again after a deadlock or
+    /// serialization failure. The outer error means nothing of the batch
+    /// was stored.
     async fn apply_with_retries(
         &mut self,
         events: &[Arc<CanonicalEvent>],
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-        let mut savepoints = false;
+        let mut mode = Mode::Pipelined;
         let mut retries = 0;
         let mut reconnected = false;
         loop {
             self.connected().await?;
-            match apply_batch(
-                &mut self.client,
-                &self.statements,
-                &self.node,
-                events,
-                savepoints,
-            )
-            .await
-            {
-                Ok(outcomes) => return Ok(outcomes),
+            match apply_batch(&mut self.client, &self.statements, &self.node, events, mode).await {
+                Ok(Some(outcomes)) => return Ok(outcomes),
+                // Rolled back: a hole in origin_seq was avoided.
+                Ok(None) => mode = Mode::Serial,
                 Err(error) if is_retryable(&error) && retries < MAX_RETRIES => {
                     retries += 1;
                     tracing::debug!(%error, retries, "write batch met another node's; retrying");
@@ -368,9 +393,9 @@ impl Writer {
                     tracing::warn!(%error, "the writer lost its connection; reconnecting");
                     reconnected = true;
                 }
-                Err(error) if !savepoints && !self.client.is_closed() => {
+                Err(error) if mode != Mode::Savepoints && !self.client.is_closed() => {
                     tracing::debug!(%error, "batch failed as a whole; retrying event by event");
-                    savepoints = true;
+                    mode = Mode::Savepoints;
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -489,33 +514,42 @@ fn deleted_address<'a>(address: &'a str, deleter: &[u8; 32]) -> Option<(u16, &'a
     Some((kind, d))
 }
 
-/// Takes the locks, sorted by key, in one statement: unnest returns the
-/// array's elements in order, and each row's lock is taken as it is read.
+/// Takes the locks, sorted by key, in one statement.
 async fn take_locks(
     tx: &Transaction<'_>,
+    statements: &Statements,
     locks: &BTreeMap<i64, bool>,
 ) -> Result<(), tokio_postgres::Error> {
     let keys: Vec<i64> = locks.keys().copied().collect();
     let exclusive: Vec<bool> = locks.values().copied().collect();
-    tx.execute(
-        "SELECT CASE WHEN t.exclusive THEN pg_advisory_xact_lock(t.key)
-                     ELSE pg_advisory_xact_lock_shared(t.key) END
-         FROM unnest($1::bigint[], $2::bool[]) WITH ORDINALITY AS t (key, exclusive, n)
-         ORDER BY t.n",
-        &[&keys, &exclusive],
-    )
-    .await?;
+    tx.execute(&statements.locks, &[&keys, &exclusive]).await?;
     Ok(())
 }
 
+/// How a batch is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Probes sent together, the inserts of events no earlier event of
+    /// the batch touched sent together ([`apply_pipelined`]).
+    Pipelined,
+    /// Event by event, each probed just before its insert.
+    Serial,
+    /// Event by event, each in a savepoint: one failure sinks only its
+    /// own event.
+    Savepoints,
+}
+
 /// One transaction for the batch; the error means it was rolled back.
+/// None (only in [`Mode::Pipelined`]): an insert found its id stored
+/// although its probe had not; the transaction was rolled back so that
+/// no `origin_seq` is skipped, and the batch should run again serially.
 async fn apply_batch(
     client: &mut Client,
     statements: &Statements,
     node: &str,
     events: &[Arc<CanonicalEvent>],
-    savepoints: bool,
-) -> Result<Vec<Result<WriteOutcome, StoreError>>, tokio_postgres::Error> {
+    mode: Mode,
+) -> Result<Option<Vec<Result<WriteOutcome, StoreError>>>, tokio_postgres::Error> {
     let mut locks = BTreeMap::new();
     locks.insert(search_lock(), false);
     for event in events {
@@ -523,60 +557,448 @@ async fn apply_batch(
             *locks.entry(key).or_insert(false) |= exclusive;
         }
     }
-    let mut tx = client.transaction().await?;
-    take_locks(&tx, &locks).await?;
-    // This row lock also gives the transaction its id before any `nextval`
+    let tx = client.transaction().await?;
+    take_locks(&tx, statements, &locks).await?;
+    // The sequence row, the search kinds and (pipelined) every event's
+    // probe in one flight; all read under the locks just taken.
+    //
+    // The row lock also gives the transaction its id before any `nextval`
     // of `event.seq`: `sync`'s settled bound (postgres/sync.rs,
     // `settled_seq`) relies on it. Keep it before the first insert.
-    let last: i64 = tx
-        .query_one(
-            "SELECT last_seq FROM node_sequence WHERE node = $1 FOR UPDATE",
-            &[&node],
-        )
-        .await?
-        .try_get(0)?;
-    let searchable: Vec<i32> = tx
-        .query("SELECT kind FROM search_kind", &[])
-        .await?
+    let probes = async {
+        if mode == Mode::Pipelined {
+            let probes = events
+                .iter()
+                .map(|event| probe(&tx, &statements.probe, &event.event));
+            futures_util::future::try_join_all(probes).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (last, searchable, probes) = futures_util::future::join3(
+        tx.query_one(&statements.last_seq, &[&node]),
+        tx.query(&statements.search_kinds, &[]),
+        probes,
+    )
+    .await;
+    let last: i64 = last?.try_get(0)?;
+    let searchable: Vec<i32> = searchable?
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
+    let probes = probes?;
     let mut next = last + 1;
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        if savepoints {
-            let savepoint = tx.savepoint("event").await?;
-            let before = next;
-            match apply_event(&savepoint, statements, node, &mut next, event, &searchable).await {
-                Ok(outcome) => {
-                    savepoint.commit().await?;
-                    outcomes.push(Ok(outcome));
+    let outcomes = match (mode, probes) {
+        (Mode::Pipelined, Some(probes)) => {
+            match apply_pipelined(
+                &tx,
+                statements,
+                node,
+                &mut next,
+                events,
+                probes,
+                &searchable,
+            )
+            .await?
+            {
+                Some(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                None => {
+                    tx.rollback().await?;
+                    return Ok(None);
                 }
-                Err(error) if is_retryable(&error) => return Err(error),
-                Err(error) => {
-                    savepoint.rollback().await?;
-                    next = before;
-                    outcomes.push(Err(StoreError::from(error)));
+            }
+        }
+        (Mode::Savepoints, _) => {
+            let mut tx = tx;
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                let savepoint = tx.savepoint("event").await?;
+                let before = next;
+                match apply_event(&savepoint, statements, node, &mut next, event, &searchable).await
+                {
+                    Ok(outcome) => {
+                        savepoint.commit().await?;
+                        outcomes.push(Ok(outcome));
+                    }
+                    Err(error) if is_retryable(&error) => return Err(error),
+                    Err(error) => {
+                        savepoint.rollback().await?;
+                        next = before;
+                        outcomes.push(Err(StoreError::from(error)));
+                    }
+                }
+            }
+            return finish(tx, statements, node, last, next, outcomes).await;
+        }
+        _ => {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                let outcome =
+                    apply_event(&tx, statements, node, &mut next, event, &searchable).await?;
+                outcomes.push(Ok(outcome));
+            }
+            outcomes
+        }
+    };
+    finish(tx, statements, node, last, next, outcomes).await
+}
+
+/// Advances this node's sequence past what the batch numbered, and commits.
+async fn finish(
+    tx: Transaction<'_>,
+    statements: &Statements,
+    node: &str,
+    last: i64,
+    next: i64,
+    outcomes: Vec<Result<WriteOutcome, StoreError>>,
+) -> Result<Option<Vec<Result<WriteOutcome, StoreError>>>, tokio_postgres::Error> {
+    if next != last + 1 {
+        tx.execute(&statements.advance, &[&node, &(next - 1)])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Some(outcomes))
+}
+
+/// The batch with its probes read up front (`probes[i]` is `events[i]`'s,
+/// read under the batch's locks before any write). Walking the events in
+/// order, an event whose probe is still true (no earlier event of the
+/// batch [`Touched`] what it read) and that writes nothing but its own row
+/// is decided from that probe at once: its insert (after the delete of the
+/// version it replaces) joins a queue that goes to the server in one
+/// flight. Any other event — a probe that may be stale, a kind 5, 62 or
+/// 1984 — waits for the queue to be written, then runs [`apply_event`]
+/// (probed afresh) as in [`Mode::Serial`]. The rules are those of
+/// [`decide`] either way, on what the same reads would return, and
+/// `origin_seq` numbers the stored events in batch order.
+///
+/// None: a queued insert found its id already stored (cannot happen while
+/// the batch holds every inserted id's lock: every other writer of event
+/// rows takes it too); the numbering after it would have a hole.
+async fn apply_pipelined(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    node: &str,
+    next: &mut i64,
+    events: &[Arc<CanonicalEvent>],
+    probes: Vec<Probe>,
+    searchable: &[i32],
+) -> Result<Option<Vec<WriteOutcome>>, tokio_postgres::Error> {
+    let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; events.len()];
+    let mut touched = Touched::default();
+    let mut queue: Vec<Queued> = Vec::new();
+    for (index, (canonical, found)) in events.iter().zip(&probes).enumerate() {
+        let event = &canonical.event;
+        let fresh = !touched.stales(event);
+        touched.record(event);
+        if fresh && !writes_beyond_itself(event.kind) {
+            match decide(event, found) {
+                Decision::Refuse(outcome) => outcomes[index] = Some(outcome),
+                Decision::Insert { replaces } => {
+                    queue.push(Queued {
+                        index,
+                        replaces,
+                        row: EventRow::new(canonical, searchable, *next),
+                    });
+                    *next += 1;
                 }
             }
         } else {
-            let outcome = apply_event(&tx, statements, node, &mut next, event, &searchable).await?;
-            outcomes.push(Ok(outcome));
+            if !write_queue(tx, statements, node, &mut queue, &mut outcomes).await? {
+                return Ok(None);
+            }
+            let outcome = apply_event(tx, statements, node, next, canonical, searchable).await?;
+            outcomes[index] = Some(outcome);
         }
     }
-    if next != last + 1 {
-        tx.execute(
-            "UPDATE node_sequence SET last_seq = $2 WHERE node = $1",
-            &[&node, &(next - 1)],
-        )
-        .await?;
+    if !write_queue(tx, statements, node, &mut queue, &mut outcomes).await? {
+        return Ok(None);
     }
-    tx.commit().await?;
-    Ok(outcomes)
+    // Every index got its outcome: decided at once, queued and written,
+    // or applied one by one.
+    Ok(outcomes.into_iter().collect())
+}
+
+/// An insert decided from its up-front probe, waiting in the queue.
+struct Queued<'a> {
+    /// Its event's place in the batch.
+    index: usize,
+    /// The `seq` of the version it replaces, deleted just before it.
+    replaces: Option<i64>,
+    row: EventRow<'a>,
+}
+
+/// Writes the queued inserts (each after its replacement's delete) in one
+/// flight, in queue order; records their outcomes and empties the queue.
+/// False: an insert found its id stored (see [`apply_pipelined`]).
+async fn write_queue(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    node: &str,
+    queue: &mut Vec<Queued<'_>>,
+    outcomes: &mut [Option<WriteOutcome>],
+) -> Result<bool, tokio_postgres::Error> {
+    if queue.is_empty() {
+        return Ok(true);
+    }
+    /// One statement of the flight.
+    enum Step<'q, 'a> {
+        Delete(i64),
+        Insert(&'q EventRow<'a>),
+    }
+    async fn run(
+        tx: &Transaction<'_>,
+        statements: &Statements,
+        node: &str,
+        step: Step<'_, '_>,
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        match step {
+            Step::Delete(seq) => {
+                tx.execute(&statements.delete, &[&seq]).await?;
+                Ok(None)
+            }
+            Step::Insert(row) => row.insert(tx, statements, node).await,
+        }
+    }
+    let mut steps = Vec::with_capacity(queue.len() + queue.len() / 4);
+    for queued in queue.iter() {
+        if let Some(seq) = queued.replaces {
+            steps.push(run(tx, statements, node, Step::Delete(seq)));
+        }
+        steps.push(run(tx, statements, node, Step::Insert(&queued.row)));
+    }
+    let mut results = in_order(steps).await.into_iter();
+    for queued in queue.iter() {
+        if queued.replaces.is_some() {
+            // The delete's answer: only its error matters.
+            results.next().transpose()?;
+        }
+        // One result per step: both iterators follow the queue.
+        let inserted = results.next().transpose()?.flatten();
+        if inserted.is_none() {
+            tracing::warn!(
+                "an insert found its event stored although its probe did not; \
+                 running the batch again one event at a time"
+            );
+            return Ok(false);
+        }
+        outcomes[queued.index] = Some(WriteOutcome::Stored {
+            // Cannot be negative: the sequence starts at 1 and only grows.
+            seq: queued.row.origin_seq as u64,
+            removed: u64::from(queued.replaces.is_some()),
+        });
+    }
+    queue.clear();
+    Ok(true)
+}
+
+/// Runs the futures pipelined and returns their outputs in order: each is
+/// polled once in the order given before any is awaited (tokio-postgres
+/// sends a request when its future is first polled, and the server runs
+/// requests in the order they arrive), then their answers are awaited in
+/// that same order, the order they come back in.
+async fn in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Poll::Ready(value) = future.as_mut().poll(cx) {
+                *output = Some(value);
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+    let mut results = Vec::with_capacity(futures.len());
+    for (future, output) in futures.into_iter().zip(outputs) {
+        results.push(match output {
+            Some(value) => value,
+            None => future.await,
+        });
+    }
+    results
+}
+
+/// Kinds whose storing writes more than their own row (NIP-09 deletions,
+/// NIP-62 vanish, NIP-56 reports): always applied one at a time.
+fn writes_beyond_itself(kind: u16) -> bool {
+    matches!(
+        kind,
+        kind::DELETION | kind::REQUEST_TO_VANISH | kind::REPORT
+    )
+}
+
+/// What the events applied so far in a batch may have changed of what a
+/// later event's [`probe`] reads (the rows and tombstones of its id, its
+/// author's stored events and NIP-62 requests, the version and `a`
+/// deletion at its address), so that a probe read before them is used
+/// only while it still holds. Keys are the advisory lock keys (a
+/// collision only costs a fresh probe).
+#[derive(Default)]
+struct Touched {
+    keys: std::collections::HashSet<i64>,
+    /// A NIP-62 request removed and tombstoned gift wraps of any id.
+    everything: bool,
+}
+
+impl Touched {
+    /// Whether `event`'s probe, read before the events recorded so far
+    /// were applied, may read otherwise now.
+    fn stales(&self, event: &Event) -> bool {
+        self.everything
+            || self.keys.contains(&id_lock(&event.id))
+            || self.keys.contains(&author_lock(&event.pubkey))
+            || event.address_d().is_some_and(|d| {
+                self.keys
+                    .contains(&address_lock(&event.pubkey, event.kind, d))
+            })
+    }
+
+    /// Notes what applying `event` may change: its id's row, and the
+    /// version at its address (replaced). A NIP-09 deletion also tombstones
+    /// and deletes its `e` targets (another author's only when it is a gift
+    /// wrap, which has no address: `may_delete`), and deletes its author's
+    /// events by id or by `a` address: its author stands for all of those
+    /// addresses. A NIP-62 request deletes its author's events and
+    /// tombstones the gift wraps to it, whatever their ids: anything.
+    fn record(&mut self, event: &Event) {
+        self.keys.insert(id_lock(&event.id));
+        if let Some(d) = event.address_d() {
+            self.keys.insert(address_lock(&event.pubkey, event.kind, d));
+        }
+        match event.kind {
+            kind::DELETION => {
+                self.keys.insert(author_lock(&event.pubkey));
+                for target in event.tag_values("e").filter_map(decode_lower::<32>) {
+                    self.keys.insert(id_lock(&target));
+                }
+            }
+            kind::REQUEST_TO_VANISH => self.everything = true,
+            _ => {}
+        }
+    }
+}
+
+/// What the NIP-01, NIP-09 and NIP-62 rules make of an event, given what
+/// its probe read.
+enum Decision {
+    /// Not stored: the answer.
+    Refuse(WriteOutcome),
+    /// Inserted, after the version at its address (this `seq`) is deleted.
+    Insert { replaces: Option<i64> },
+}
+
+/// The rules of SQLite's `writer::apply_event`, in its order, on what
+/// [`probe`] read.
+fn decide(event: &Event, found: &Probe) -> Decision {
+    if found.tombstoned(event) {
+        return Decision::Refuse(WriteOutcome::Deleted);
+    }
+    if found.vanished {
+        return Decision::Refuse(WriteOutcome::Vanished);
+    }
+    if event.address_d().is_some() {
+        if found
+            .address_deleted_until
+            .is_some_and(|until| event.created_at <= until)
+        {
+            return Decision::Refuse(WriteOutcome::Deleted);
+        }
+        if let Some((seq, created_at, id)) = &found.current {
+            if id.as_slice() == &event.id[..] {
+                return Decision::Refuse(WriteOutcome::Duplicate);
+            }
+            // NIP-01: the newer wins; on equal timestamps the lowest id wins.
+            let stored_wins = *created_at > event.created_at
+                || (*created_at == event.created_at && id.as_slice() < &event.id[..]);
+            if stored_wins {
+                return Decision::Refuse(WriteOutcome::Superseded);
+            }
+            return Decision::Insert {
+                replaces: Some(*seq),
+            };
+        }
+    }
+    // What the insert's ON CONFLICT would find, known without sending it.
+    if found.stored {
+        return Decision::Refuse(WriteOutcome::Duplicate);
+    }
+    Decision::Insert { replaces: None }
+}
+
+/// The values of one event's row and tag rows, owned, so that several
+/// inserts can be in flight at once.
+struct EventRow<'a> {
+    event: &'a CanonicalEvent,
+    /// Bytes, not text: a `d` value may hold a NUL, which PostgreSQL's
+    /// text refuses and a client may send.
+    d_tag: Option<&'a [u8]>,
+    expires_at: Option<i64>,
+    /// The NIP-50 text, for the kinds `search` holds.
+    text: Option<String>,
+    tag_names: Vec<&'a str>,
+    tag_values: Vec<Vec<u8>>,
+    origin_seq: i64,
+}
+
+impl<'a> EventRow<'a> {
+    fn new(canonical: &'a CanonicalEvent, searchable: &[i32], origin_seq: i64) -> EventRow<'a> {
+        let event = &canonical.event;
+        let text = if searchable.contains(&i32::from(event.kind)) {
+            search_text(event.kind, &event.content)
+        } else {
+            None
+        };
+        let (tag_names, tag_values) = event
+            .tags
+            .iter()
+            .filter(|tag| is_indexed_tag(tag))
+            .map(|tag| (tag[0].as_str(), tag_bytes(&tag[1])))
+            .unzip();
+        EventRow {
+            event: canonical,
+            d_tag: event.address_d().map(str::as_bytes),
+            expires_at: event.expiration().ok().flatten(),
+            text,
+            tag_names,
+            tag_values,
+            origin_seq,
+        }
+    }
+
+    /// Inserts the row and its tag rows; the new row's `seq`, or None when
+    /// the id is stored already.
+    async fn insert(
+        &self,
+        tx: &Transaction<'_>,
+        statements: &Statements,
+        node: &str,
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let event = &self.event.event;
+        tx.query_opt(
+            &statements.insert,
+            &[
+                &&event.id[..],
+                &&event.pubkey[..],
+                &event.created_at,
+                &i32::from(event.kind),
+                &self.d_tag,
+                &self.expires_at,
+                &node,
+                &self.origin_seq,
+                &self.event.json,
+                &self.text,
+                &self.tag_names,
+                &self.tag_values,
+            ],
+        )
+        .await
+    }
 }
 
 /// NIP-01, NIP-09 and NIP-62 rules for one event, under the batch's locks
-/// (the same rules, in the same order, as SQLite's `writer::apply_event`).
+/// (the same rules, in the same order, as SQLite's `writer::apply_event`),
+/// probed just before it is written.
 async fn apply_event(
     tx: &Transaction<'_>,
     statements: &Statements,
@@ -587,73 +1009,21 @@ async fn apply_event(
 ) -> Result<WriteOutcome, tokio_postgres::Error> {
     let event = &canonical.event;
     let found = probe(tx, &statements.probe, event).await?;
-    if found.tombstoned(event) {
-        return Ok(WriteOutcome::Deleted);
-    }
-    if found.vanished {
-        return Ok(WriteOutcome::Vanished);
-    }
     let mut removed = 0;
-    // Bytes, not text: a `d` value may hold a NUL, which PostgreSQL's text
-    // refuses and a client may send.
-    let d_tag = event.address_d().map(str::as_bytes);
-    if d_tag.is_some() {
-        if found
-            .address_deleted_until
-            .is_some_and(|until| event.created_at <= until)
-        {
-            return Ok(WriteOutcome::Deleted);
-        }
-        if let Some((seq, created_at, id)) = &found.current {
-            if id.as_slice() == &event.id[..] {
-                return Ok(WriteOutcome::Duplicate);
+    match decide(event, &found) {
+        Decision::Refuse(outcome) => return Ok(outcome),
+        Decision::Insert { replaces } => {
+            if let Some(seq) = replaces {
+                tx.execute(&statements.delete, &[&seq]).await?;
+                removed += 1;
             }
-            // NIP-01: the newer wins; on equal timestamps the lowest id wins.
-            let stored_wins = *created_at > event.created_at
-                || (*created_at == event.created_at && id.as_slice() < &event.id[..]);
-            if stored_wins {
-                return Ok(WriteOutcome::Superseded);
-            }
-            tx.execute(&statements.delete, &[seq]).await?;
-            removed += 1;
         }
     }
-    let expires_at = event.expiration().ok().flatten();
-    let text = if searchable.contains(&i32::from(event.kind)) {
-        search_text(event.kind, &event.content)
-    } else {
-        None
-    };
-    let (names, values): (Vec<&str>, Vec<Vec<u8>>) = event
-        .tags
-        .iter()
-        .filter(|tag| is_indexed_tag(tag))
-        .map(|tag| (tag[0].as_str(), tag_bytes(&tag[1])))
-        .unzip();
-    let origin_seq = *next;
-    let inserted = tx
-        .query_opt(
-            &statements.insert,
-            &[
-                &&event.id[..],
-                &&event.pubkey[..],
-                &event.created_at,
-                &i32::from(event.kind),
-                &d_tag,
-                &expires_at,
-                &node,
-                &origin_seq,
-                &canonical.json,
-                &text,
-                &names,
-                &values,
-            ],
-        )
-        .await?;
-    let Some(row) = inserted else {
+    let row = EventRow::new(canonical, searchable, *next);
+    let Some(inserted) = row.insert(tx, statements, node).await? else {
         return Ok(WriteOutcome::Duplicate);
     };
-    let seq: i64 = row.try_get(0)?;
+    let seq: i64 = inserted.try_get(0)?;
     *next += 1;
     if event.kind == kind::DELETION {
         removed += apply_deletion(tx, statements, event).await?;
@@ -666,7 +1036,7 @@ async fn apply_event(
     }
     // Cannot be negative: the sequence starts at 1 and only grows.
     Ok(WriteOutcome::Stored {
-        seq: origin_seq as u64,
+        seq: row.origin_seq as u64,
         removed,
     })
 }
