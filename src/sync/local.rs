@@ -60,6 +60,7 @@ pub struct Item {
 }
 
 impl Item {
+    /// What sync records of an event it has in full.
     pub fn of(event: &Event) -> Item {
         Item {
             id: event.id,
@@ -112,6 +113,8 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The value stored in `sync_refused.direction` and
+    /// `sync_checkpoint.direction` on both backends.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Down => "down",
