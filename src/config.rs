@@ -13,6 +13,9 @@ pub const ENV_DB: &str = "NOSTR_RELAYD_DB";
 /// Overrides `storage.postgres_url`, so that a container's secret need not
 /// be written into relay.toml.
 pub const ENV_POSTGRES_URL: &str = "NOSTR_RELAYD_POSTGRES_URL";
+/// Overrides `storage.postgres_replica_url`, as [`ENV_POSTGRES_URL`] does
+/// the primary's.
+pub const ENV_POSTGRES_REPLICA_URL: &str = "NOSTR_RELAYD_POSTGRES_REPLICA_URL";
 
 /// Everything the relay can be told. Each field's default is the value
 /// written in the shipped `relay.toml`; a test keeps the two in step.
@@ -446,8 +449,13 @@ pub struct Storage {
     /// (`postgres://user:password@host:5432/nostr`), for the "postgres"
     /// backend; `NOSTR_RELAYD_POSTGRES_URL` overrides it.
     pub postgres_url: String,
+    /// A streaming replica of that database for the clients' reads (REQ,
+    /// COUNT, NIP-50, NIP-77), taking them off the primary; "" = read from
+    /// the primary. Writes, checks and the cluster's backfill stay on the
+    /// primary. `NOSTR_RELAYD_POSTGRES_REPLICA_URL` overrides it.
+    pub postgres_replica_url: String,
     /// Connections to PostgreSQL for reads (REQ, COUNT, checks); the writer
-    /// holds one more of its own.
+    /// holds one more of its own. With a replica, as many again to it.
     pub postgres_pool_size: usize,
     /// "normal": a commit survives a crash of the relay process.
     /// "full": fsync at every group commit; it also survives power loss.
@@ -584,6 +592,7 @@ impl Default for Storage {
         Storage {
             backend: Backend::Sqlite,
             postgres_url: String::new(),
+            postgres_replica_url: String::new(),
             postgres_pool_size: 16,
             durability: Durability::Normal,
             reader_threads: 6,
@@ -643,6 +652,9 @@ impl Config {
         }
         if let Some(url) = var(ENV_POSTGRES_URL).filter(|v| !v.is_empty()) {
             self.storage.postgres_url = url;
+        }
+        if let Some(url) = var(ENV_POSTGRES_REPLICA_URL).filter(|v| !v.is_empty()) {
+            self.storage.postgres_replica_url = url;
         }
     }
 
@@ -793,6 +805,12 @@ impl Config {
                 "must be set when storage.backend is \"postgres\" (or set NOSTR_RELAYD_POSTGRES_URL)",
             );
         }
+        if !postgres && !self.storage.postgres_replica_url.trim().is_empty() {
+            return fail(
+                "storage.postgres_replica_url",
+                "is for storage.backend = \"postgres\": SQLite has no replicas",
+            );
+        }
         if postgres && self.storage.postgres_pool_size == 0 {
             return fail("storage.postgres_pool_size", "must be at least 1");
         }
@@ -831,9 +849,14 @@ impl Config {
     pub fn database_label(&self) -> String {
         match self.storage.backend {
             Backend::Sqlite => format!("database {}", self.database.display()),
-            Backend::Postgres => format!(
+            Backend::Postgres if self.storage.postgres_replica_url.trim().is_empty() => format!(
                 "PostgreSQL database {}",
                 redact_url(&self.storage.postgres_url)
+            ),
+            Backend::Postgres => format!(
+                "PostgreSQL database {} (clients' reads from {})",
+                redact_url(&self.storage.postgres_url),
+                redact_url(&self.storage.postgres_replica_url)
             ),
         }
     }
@@ -917,6 +940,32 @@ mod tests {
         assert!(error.starts_with("storage.postgres_url:"), "{error}");
         config.storage.postgres_url = "postgres://localhost/nostr".into();
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_replica_is_for_postgres_and_comes_from_the_environment_too() {
+        let mut config = Config::default();
+        config.storage.postgres_replica_url = "postgres://replica/nostr".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("storage.postgres_replica_url:"),
+            "{error}"
+        );
+        config.storage.backend = Backend::Postgres;
+        config.storage.postgres_url = "postgres://u:secret@primary/nostr".into();
+        config.validate().unwrap();
+        assert_eq!(
+            config.database_label(),
+            "PostgreSQL database postgres://primary/nostr \
+             (clients' reads from postgres://replica/nostr)"
+        );
+        config.apply_env(|name| {
+            (name == ENV_POSTGRES_REPLICA_URL).then(|| "postgres://other/nostr".to_owned())
+        });
+        assert_eq!(
+            config.storage.postgres_replica_url,
+            "postgres://other/nostr"
+        );
     }
 
     #[test]

@@ -269,6 +269,7 @@ async fn on_postgres(
     let seen = batches.clone();
     let options = PgOptions {
         url: url.clone(),
+        replica_url: None,
         node: "solo".into(),
         pool_size: 2,
         query_timeout: Duration::from_secs(30),

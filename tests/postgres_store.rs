@@ -18,6 +18,7 @@ use nostr_relayd::store::{Freshness, WriteOutcome};
 fn options(url: &str, node: &str) -> PgOptions {
     PgOptions {
         url: url.to_owned(),
+        replica_url: None,
         node: node.to_owned(),
         pool_size: 4,
         query_timeout: Duration::from_secs(5),

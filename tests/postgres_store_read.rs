@@ -39,6 +39,7 @@ const LIMITS: QueryLimits = QueryLimits {
 async fn open_postgres(url: String) -> PgStore {
     let options = PgOptions {
         url,
+        replica_url: None,
         node: "test".into(),
         pool_size: 4,
         query_timeout: Duration::from_secs(30),

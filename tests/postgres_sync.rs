@@ -22,6 +22,7 @@ use nostr_relayd::sync::local::Local;
 fn options(url: &str, node: &str) -> PgOptions {
     PgOptions {
         url: url.to_owned(),
+        replica_url: None,
         node: node.to_owned(),
         pool_size: 2,
         query_timeout: Duration::from_secs(5),

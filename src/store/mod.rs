@@ -450,6 +450,8 @@ impl Store {
 pub fn postgres_options(config: &Config) -> PgOptions {
     PgOptions {
         url: config.storage.postgres_url.clone(),
+        replica_url: Some(config.storage.postgres_replica_url.clone())
+            .filter(|url| !url.trim().is_empty()),
         node: config.node_name(),
         pool_size: config.storage.postgres_pool_size,
         query_timeout: Duration::from_millis(config.storage.query_timeout_ms),

@@ -53,6 +53,38 @@ impl Postgres {
     /// Starts a new cluster; panics with initdb's output or the server log
     /// when it cannot.
     pub fn start() -> Postgres {
+        Postgres::launch(|bin, as_postgres, dir, data| {
+            let initdb = server_command(bin, "initdb", as_postgres, dir)
+                .arg("-D")
+                .arg(data)
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
+                .args(["--locale=C", "--no-sync"])
+                .output()
+                .expect("run initdb");
+            assert_succeeded("initdb", &initdb);
+        })
+    }
+
+    /// Starts a streaming replica of this cluster (a hot standby made by
+    /// `pg_basebackup -R`): it serves reads of every database of this
+    /// one, a moment behind, and refuses writes.
+    pub fn start_standby(&self) -> Postgres {
+        let primary = self.port.to_string();
+        Postgres::launch(|bin, as_postgres, dir, data| {
+            let backup = server_command(bin, "pg_basebackup", as_postgres, dir)
+                .args(["-h", "127.0.0.1", "-p", &primary, "-U", "postgres"])
+                .arg("-D")
+                .arg(data)
+                .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
+                .output()
+                .expect("run pg_basebackup");
+            assert_succeeded("pg_basebackup", &backup);
+        })
+    }
+
+    /// Makes a data directory with `init` (in a temporary directory the
+    /// server's user owns), then starts a server on it on a free port.
+    fn launch(init: impl FnOnce(&Path, bool, &Path, &Path)) -> Postgres {
         let bin = postgres_bin_dir();
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new()
@@ -66,16 +98,8 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
+        init(&bin, as_postgres, dir.path(), &data);
         let run = |program: &str| server_command(&bin, program, as_postgres, dir.path());
-
-        let initdb = run("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
-            .args(["--locale=C", "--no-sync"])
-            .output()
-            .expect("run initdb");
-        assert_succeeded("initdb", &initdb);
 
         let mut port = 0;
         for attempt in 1..=3 {

@@ -54,7 +54,7 @@ impl PgStore {
                 "COUNT does not take NIP-50 search filters".into(),
             ));
         }
-        let client = self.pool().get().await?;
+        let client = self.client_pool().get().await?;
         self.within(self.read_count(&client, &filters, &readers, hll_offset))
             .await
     }

@@ -42,6 +42,9 @@ use writer::WriteJob;
 pub struct PgOptions {
     /// `postgres://…` connection URL (libpq syntax accepted too).
     pub url: String,
+    /// A streaming replica of `url` for the clients' reads (REQ, COUNT,
+    /// search, negentropy); None: they read from `url`.
+    pub replica_url: Option<String>,
     /// This node's name: stored with every event it commits, so that the
     /// cluster can backfill another node's events by their sequence.
     pub node: String,
@@ -56,6 +59,8 @@ pub struct PgOptions {
 /// Handle to the PostgreSQL database: cheap to share behind an `Arc`.
 pub struct PgStore {
     pool: Pool,
+    /// The replica's readers, when there is one: the clients' reads only.
+    replica: Option<Pool>,
     query_timeout: Duration,
     writer: mpsc::UnboundedSender<WriteJob>,
     writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -90,41 +95,15 @@ impl PgStore {
         });
         schema::migrate(&mut writer_client).await?;
 
-        let mut reader_config = config;
-        reader_config.application_name(format!("nostr-relayd {}", options.node));
-        if reader_config.get_connect_timeout().is_none() {
-            reader_config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        // The query budget, enforced by the server on every statement of a
-        // reader: a runaway query is cancelled there (SQLSTATE 57014). No
-        // JIT: a REQ's statement carries the cost estimate of a fallback
-        // branch that seldom runs (postgres/query.rs, feed_sql), and JIT
-        // compiling it took 15 ms for under 1 ms of work. Custom plans
-        // only: a cached generic plan of an ids REQ, blind to how few ids
-        // `= ANY($1)` holds, walked the time index (17 ms instead of 0.5).
-        add_options(
-            &mut reader_config,
-            &format!(
-                "-c statement_timeout={} -c jit=off -c plan_cache_mode=force_custom_plan",
-                options.query_timeout.as_millis().max(1)
-            ),
-        );
-        let manager = Manager::from_config(
-            reader_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            // Waiting for a free reader past the query budget is a timeout
-            // like any other; a server that does not answer fails too.
-            .wait_timeout(Some(options.query_timeout.max(Duration::from_secs(1))))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Other(format!("database pool: {e}")))?;
+        let pool = reader_pool(config, options)?;
+        let replica = match &options.replica_url {
+            Some(url) => Some(reader_pool(
+                url.parse()
+                    .map_err(|e| StoreError::Other(format!("storage.postgres_replica_url: {e}")))?,
+                options,
+            )?),
+            None => None,
+        };
 
         let (sender, jobs) = mpsc::unbounded_channel();
         let writer = writer::Writer::start(
@@ -139,15 +118,23 @@ impl PgStore {
         let writer_task = tokio::spawn(writer.run(jobs));
         Ok(PgStore {
             pool,
+            replica,
             query_timeout: options.query_timeout,
             writer: sender,
             writer_task: Mutex::new(Some(writer_task)),
         })
     }
 
-    /// Reader connections for the read side (query, count, search, …).
+    /// Reader connections to the primary: checks, lists, retention,
+    /// backfill, export, sync — what must see the latest commits.
     pub(super) fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Reader connections for the clients' reads (REQ, COUNT, search,
+    /// negentropy): the replica's when there is one, else the primary's.
+    pub(super) fn client_pool(&self) -> &Pool {
+        self.replica.as_ref().unwrap_or(&self.pool)
     }
 
     /// The query budget (also every reader's `statement_timeout`).
@@ -263,6 +250,9 @@ impl PgStore {
             let _ = handle.await;
         }
         self.pool.close();
+        if let Some(replica) = &self.replica {
+            replica.close();
+        }
     }
 
     /// The access lists as stored, in one consistent snapshot.
@@ -419,6 +409,46 @@ fn is_retryable(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
     })
+}
+
+/// A pool of reader connections to `config`'s server, each with the
+/// query budget as its `statement_timeout`.
+fn reader_pool(config: tokio_postgres::Config, options: &PgOptions) -> Result<Pool, StoreError> {
+    let mut reader_config = config;
+    reader_config.application_name(format!("nostr-relayd {}", options.node));
+    if reader_config.get_connect_timeout().is_none() {
+        reader_config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // The query budget, enforced by the server on every statement of a
+    // reader: a runaway query is cancelled there (SQLSTATE 57014). No
+    // JIT: a REQ's statement carries the cost estimate of a fallback
+    // branch that seldom runs (postgres/query.rs, feed_sql), and JIT
+    // compiling it took 15 ms for under 1 ms of work. Custom plans
+    // only: a cached generic plan of an ids REQ, blind to how few ids
+    // `= ANY($1)` holds, walked the time index (17 ms instead of 0.5).
+    add_options(
+        &mut reader_config,
+        &format!(
+            "-c statement_timeout={} -c jit=off -c plan_cache_mode=force_custom_plan",
+            options.query_timeout.as_millis().max(1)
+        ),
+    );
+    let manager = Manager::from_config(
+        reader_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        // Waiting for a free reader past the query budget is a timeout
+        // like any other; a server that does not answer fails too.
+        .wait_timeout(Some(options.query_timeout.max(Duration::from_secs(1))))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Other(format!("database pool: {e}")))
 }
 
 #[cfg(test)]

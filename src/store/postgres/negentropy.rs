@@ -30,7 +30,7 @@ impl PgStore {
         readers: Readers,
         cap: usize,
     ) -> Result<NegItems, StoreError> {
-        let mut client = self.pool().get().await?;
+        let mut client = self.client_pool().get().await?;
         self.within(read_items(&mut client, &filter, &readers, cap))
             .await
     }

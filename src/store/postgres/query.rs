@@ -469,7 +469,7 @@ impl PgStore {
         readers: Readers,
         limits: QueryLimits,
     ) -> Result<QueryResult, StoreError> {
-        let client = self.pool().get().await?;
+        let client = self.client_pool().get().await?;
         self.within(self.read_query(&client, &filters, &readers, limits))
             .await
     }
