@@ -24,6 +24,7 @@ use nostr_relayd::store::sqlite::SqliteStore;
 use nostr_relayd::store::{StoreError, StoreOptions, WriteOutcome};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use tokio::sync::oneshot::Receiver;
 
 fn keys(n: u64) -> Keys {
     Keys::parse(&format!("{:064x}", n + 1)).expect("a valid secret key")
@@ -203,6 +204,27 @@ fn scenario(seed: u64) -> [Vec<Event>; 2] {
 
 type Outcomes = Vec<Result<WriteOutcome, StoreError>>;
 
+/// Queues each phase's events at once with `queue` (a store's
+/// `insert_queued`), then waits for their answers, phase after phase.
+async fn queue_phases(
+    phases: &[Vec<Arc<CanonicalEvent>>],
+    queue: impl Fn(
+        Arc<CanonicalEvent>,
+    ) -> Result<Receiver<Result<WriteOutcome, StoreError>>, StoreError>,
+) -> Outcomes {
+    let mut outcomes = Vec::new();
+    for events in phases {
+        let queued: Vec<_> = events
+            .iter()
+            .map(|event| queue(event.clone()).unwrap())
+            .collect();
+        for outcome in queued {
+            outcomes.push(outcome.await.expect("an answer"));
+        }
+    }
+    outcomes
+}
+
 /// The outcomes with each stored event's seq replaced by its rank among
 /// the stored ones (1, 2, 3, …): SQLite's seq is an AUTOINCREMENT rowid,
 /// which an ignored duplicate insert advances, PostgreSQL's origin_seq has
@@ -239,16 +261,7 @@ async fn on_sqlite(phases: &[Vec<Arc<CanonicalEvent>>]) -> (Outcomes, BTreeSet<V
         query_timeout: Duration::from_secs(30),
     };
     let store = SqliteStore::open(&path, &options, Box::new(|_| {})).unwrap();
-    let mut outcomes = Vec::new();
-    for events in phases {
-        let queued: Vec<_> = events
-            .iter()
-            .map(|event| store.insert_queued(event.clone()).unwrap())
-            .collect();
-        for outcome in queued {
-            outcomes.push(outcome.await.expect("an answer"));
-        }
-    }
+    let outcomes = queue_phases(phases, |event| store.insert_queued(event)).await;
     store.close();
     let db = rusqlite::Connection::open(&path).unwrap();
     let mut statement = db.prepare("SELECT id FROM event").unwrap();
@@ -288,16 +301,7 @@ async fn on_postgres(
     // Queued without a pause: on this single-threaded runtime the writer
     // task runs only once every event is in its channel, so that it takes
     // them in as few batches as its lock budget allows.
-    let mut outcomes = Vec::new();
-    for events in phases {
-        let queued: Vec<_> = events
-            .iter()
-            .map(|event| store.insert_queued(event.clone()).unwrap())
-            .collect();
-        for outcome in queued {
-            outcomes.push(outcome.await.expect("an answer"));
-        }
-    }
+    let outcomes = queue_phases(phases, |event| store.insert_queued(event)).await;
     store.close().await;
     let db = pg_client(&url).await;
     let stored = db

@@ -514,26 +514,7 @@ async fn postgres_answers_as_sqlite_does_for_random_filters() {
         if readers.clone().restrict(&first).len() == 1 && round % 3 == 0 {
             // export reads everything (no reader): compare both orders.
             for order in [Order::NewestFirst, Order::OldestFirst] {
-                let mut want = Vec::new();
-                nostr_relayd::store::export::each_event::<rusqlite::Error>(
-                    &file,
-                    &first,
-                    order,
-                    unix_now(),
-                    |json| {
-                        want.push(json.to_owned());
-                        Ok(())
-                    },
-                )
-                .unwrap();
-                let mut got = Vec::new();
-                postgres
-                    .export_each(&first, order, unix_now(), &mut |json| {
-                        got.push(json.to_owned());
-                        Ok(())
-                    })
-                    .await
-                    .unwrap();
+                let (want, got, _) = both_exports(&file, &postgres, &first, order).await;
                 assert_eq!(got, want, "export {order:?} {context}");
             }
         }
@@ -551,26 +532,7 @@ async fn postgres_answers_as_sqlite_does_for_random_filters() {
     // A whole export crosses pages (1,000 events each) inside a second of
     // ties: the keyset must neither skip nor repeat an event.
     for order in [Order::NewestFirst, Order::OldestFirst] {
-        let mut want = Vec::new();
-        nostr_relayd::store::export::each_event::<rusqlite::Error>(
-            &file,
-            &Filter::default(),
-            order,
-            unix_now(),
-            |json| {
-                want.push(json.to_owned());
-                Ok(())
-            },
-        )
-        .unwrap();
-        let mut got = Vec::new();
-        let count = postgres
-            .export_each(&Filter::default(), order, unix_now(), &mut |json| {
-                got.push(json.to_owned());
-                Ok(())
-            })
-            .await
-            .unwrap();
+        let (want, got, count) = both_exports(&file, &postgres, &Filter::default(), order).await;
         assert!(want.len() > 1000, "{} events", want.len());
         assert_eq!(count, got.len() as u64);
         assert_eq!(got, want, "export of everything {order:?}");
@@ -636,4 +598,35 @@ async fn postgres_answers_as_sqlite_does_for_random_filters() {
         }
     }
     postgres.close().await;
+}
+
+/// `export` of `filter` in `order` from the SQLite file and from
+/// PostgreSQL: (SQLite's lines, PostgreSQL's lines, PostgreSQL's count).
+async fn both_exports(
+    file: &rusqlite::Connection,
+    postgres: &PgStore,
+    filter: &Filter,
+    order: Order,
+) -> (Vec<String>, Vec<String>, u64) {
+    let mut sqlite_lines = Vec::new();
+    nostr_relayd::store::export::each_event::<rusqlite::Error>(
+        file,
+        filter,
+        order,
+        unix_now(),
+        |json| {
+            sqlite_lines.push(json.to_owned());
+            Ok(())
+        },
+    )
+    .unwrap();
+    let mut postgres_lines = Vec::new();
+    let count = postgres
+        .export_each(filter, order, unix_now(), &mut |json| {
+            postgres_lines.push(json.to_owned());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    (sqlite_lines, postgres_lines, count)
 }

@@ -39,10 +39,8 @@ impl PgStore {
     /// The distinct kinds stored: one index descent per kind (a loose
     /// scan of `event_kind_time`), not a scan of the table.
     pub async fn stored_kinds(&self) -> Result<Vec<u16>, StoreError> {
-        let mut client = self.pool().get().await?;
-        let tx = unbounded(&mut client).await?;
-        let rows = tx
-            .query(
+        let rows = self
+            .planning_rows(
                 "WITH RECURSIVE k (kind) AS (
                      SELECT min(kind) FROM event
                      UNION ALL
@@ -52,7 +50,6 @@ impl PgStore {
                 &[],
             )
             .await?;
-        tx.commit().await?;
         rows.iter()
             .map(|row| Ok(u16::try_from(row.try_get::<_, i32>(0)?).unwrap_or(u16::MAX)))
             .collect()
@@ -66,17 +63,14 @@ impl PgStore {
         before: i64,
         exempt: &[[u8; 32]],
     ) -> Result<(Span, u64), StoreError> {
-        let mut client = self.pool().get().await?;
-        let tx = unbounded(&mut client).await?;
-        let row = tx
-            .query_one(
+        let row = self
+            .planning_row(
                 "SELECT count(*), min(created_at), max(created_at),
                         coalesce(sum(octet_length(json)), 0)::bigint FROM event
                  WHERE kind = $1 AND created_at < $2 AND NOT (pubkey = ANY($3))",
                 &[&i32::from(kind), &before, &keys(exempt)],
             )
             .await?;
-        tx.commit().await?;
         span_and_bytes(&row)
     }
 
@@ -89,17 +83,14 @@ impl PgStore {
         since: i64,
         exempt: &[[u8; 32]],
     ) -> Result<Vec<[u8; 32]>, StoreError> {
-        let mut client = self.pool().get().await?;
-        let tx = unbounded(&mut client).await?;
-        let rows = tx
-            .query(
+        let rows = self
+            .planning_rows(
                 "SELECT pubkey FROM event
                  WHERE kind = ANY($1) AND created_at >= $2 AND NOT (pubkey = ANY($4))
                  GROUP BY pubkey HAVING count(*) > $3",
                 &[&ints(kinds), &since, &clamp(keep), &keys(exempt)],
             )
             .await?;
-        tx.commit().await?;
         let mut authors = Vec::with_capacity(rows.len());
         for row in rows {
             let pubkey: &[u8] = row.try_get(0)?;
@@ -120,10 +111,8 @@ impl PgStore {
         keep: u64,
         since: i64,
     ) -> Result<(Span, u64), StoreError> {
-        let mut client = self.pool().get().await?;
-        let tx = unbounded(&mut client).await?;
-        let row = tx
-            .query_one(
+        let row = self
+            .planning_row(
                 "SELECT count(*), min(created_at), max(created_at),
                         coalesce(sum(bytes), 0)::bigint FROM (
                      SELECT created_at, octet_length(json) AS bytes FROM event
@@ -132,7 +121,6 @@ impl PgStore {
                 &[&&author[..], &ints(kinds), &since, &clamp(keep)],
             )
             .await?;
-        tx.commit().await?;
         span_and_bytes(&row)
     }
 
@@ -276,6 +264,35 @@ impl PgStore {
             span,
             used_bytes: self.used_bytes().await?,
         })
+    }
+}
+
+impl PgStore {
+    /// Runs one planning query in a short transaction of its own without
+    /// the readers' statement timeout.
+    async fn planning_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut client = self.pool().get().await?;
+        let tx = unbounded(&mut client).await?;
+        let rows = tx.query(sql, params).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// [`PgStore::planning_rows`] of a query that returns one row.
+    async fn planning_row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        self.planning_rows(sql, params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Other("a planning query returned no row".into()))
     }
 }
 
